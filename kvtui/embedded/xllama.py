@@ -1,0 +1,45 @@
+"""Child-process entry point that serves llama.cpp's HTTP server through ``xllamacpp``.
+
+Run as ``python -m kvtui.embedded.xllama '<json params>'``; ``EmbeddedServer`` does this. The
+process serves until it is terminated.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+
+
+def main(argv: list[str]) -> int:
+    import xllamacpp
+
+    opts = json.loads(argv[0])
+    params = xllamacpp.CommonParams()
+    params.model.path = opts["model"]
+    params.n_ctx = int(opts["n_ctx"])
+    params.n_parallel = int(opts["n_parallel"])
+    params.kv_unified = bool(opts["kv_unified"])
+    params.slot_save_path = opts["slot_save_path"]
+    params.endpoint_slots = True
+    params.endpoint_metrics = True
+    params.endpoint_props = True
+    params.cache_ram_mib = int(opts.get("cache_ram_mib", 0))
+    params.cpuparams.n_threads = int(opts["threads"])
+    params.cpuparams_batch.n_threads = int(opts["threads"])
+    params.hostnames = [opts["host"]]
+    params.port = int(opts["port"])
+    if opts.get("api_key"):
+        params.api_keys = [opts["api_key"]]
+    server = xllamacpp.Server(params)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    del server
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
