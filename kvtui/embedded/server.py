@@ -74,7 +74,7 @@ class EmbeddedServer:
     binary: str | None = None
     kv_unified: bool = False
     api_key: str | None = None
-    cache_ram_mib: int = 0
+    cache_ram_mib: int | None = None
     threads: int = 2
     log_path: Path | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -113,13 +113,14 @@ class EmbeddedServer:
                 "-t", str(self.threads),
                 "-tb", str(self.threads),
                 "--metrics",
-                "--cache-ram", str(self.cache_ram_mib),
                 "--kv-unified" if self.kv_unified else "--no-kv-unified",
             ]  # fmt: skip
             if self.save_dir is not None:
                 cmd += ["--slot-save-path", str(self.save_dir)]
             if self.api_key:
                 cmd += ["--api-key", self.api_key]
+            if self.cache_ram_mib is not None:
+                cmd += ["--cache-ram", str(self.cache_ram_mib)]
             return cmd
         params = {
             "model": str(model),
@@ -131,7 +132,7 @@ class EmbeddedServer:
             "slot_save_path": str(self.save_dir) if self.save_dir is not None else "",
             "kv_unified": self.kv_unified,
             "api_key": self.api_key or "",
-            "cache_ram_mib": self.cache_ram_mib,
+            "cache_ram_mib": self.cache_ram_mib,  # None: the server's default
         }
         return [sys.executable, "-m", "kvtui.embedded.xllama", json.dumps(params)]
 

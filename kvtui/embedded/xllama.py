@@ -25,7 +25,8 @@ def main(argv: list[str]) -> int:
     params.endpoint_slots = True
     params.endpoint_metrics = True
     params.endpoint_props = True
-    params.cache_ram_mib = int(opts.get("cache_ram_mib", 0))
+    if opts.get("cache_ram_mib") is not None:
+        params.cache_ram_mib = int(opts["cache_ram_mib"])
     params.cpuparams.n_threads = int(opts["threads"])
     params.cpuparams_batch.n_threads = int(opts["threads"])
     params.hostnames = [opts["host"]]

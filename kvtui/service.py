@@ -1,0 +1,657 @@
+"""The service layer's front door: one object that the CLI, the dashboard and the proxy share.
+
+``KvService`` owns the llama-server client, the save store, the slot book and (when configured)
+the SillyTavern data directory. It performs every operation the seed describes — save, tagged
+save, restore, multi-load, erase, clear, eviction with save-first, autosave with rotation,
+autoload, chat switch — and reports each one to the event log. Screens and commands never talk
+HTTP themselves; they call this and read its frozen snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+from kvtui.events import EventLog, Kind
+from kvtui.llama import LlamaClient, LlamaError, ModelLoading, ServerUnreachable
+from kvtui.llama.models import Props, SlotState
+from kvtui.settings import Settings
+from kvtui.slots import GenType, SlotBook, SlotRecord
+from kvtui.store import SaveEntry, SaveMeta, SaveStore, is_valid_save
+
+
+class ServiceError(Exception):
+    """A request kvtui refuses or cannot complete; the message says what to do."""
+
+
+class ConnectionState(StrEnum):
+    UNKNOWN = "unknown"
+    CONNECTED = "connected"
+    LOADING = "loading model"
+    UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True)
+class SlotRow:
+    """One line of the slot table: the server's view merged with kvtui's book."""
+
+    slot: int
+    n_ctx: int
+    processing: bool
+    n_decoded: int | None
+    n_remain: int | None
+    tokens: int | None
+    chat: str | None
+    character: str | None
+    usage: int
+    messages_until_save: int | None
+    last_save_at: datetime | None
+    last_save_file: str | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the dashboard shows, frozen at one poll."""
+
+    state: ConnectionState
+    server_url: str
+    model: str | None
+    build_info: str | None
+    total_slots: int
+    n_ctx: int | None
+    save_dir: Path | None
+    rows: tuple[SlotRow, ...]
+    error: str | None
+    taken_at: datetime
+
+
+@dataclass(frozen=True)
+class SaveOutcome:
+    slot: int
+    chat: str
+    character: str
+    filename: str
+    n_saved: int
+    n_written: int
+    tag: str | None
+    rotated: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    slot: int
+    chat: str
+    character: str
+    filename: str
+    n_restored: int
+    from_other_chat: bool
+    evicted: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """Where a generation goes, and what kvtui did to make that slot ready."""
+
+    slot: int
+    chat: str
+    character: str
+    resident: bool
+    restored: LoadOutcome | None
+    evicted: SaveOutcome | None
+    evicted_character: str | None
+
+
+class KvService:
+    """kvtui's operations on one llama-server and one save directory."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: LlamaClient | None = None,
+        events: EventLog | None = None,
+    ) -> None:
+        self.settings = settings
+        self.events = events or EventLog()
+        self.client = client or LlamaClient(
+            settings.server_url, api_key=settings.api_key, save_dir=settings.save_dir
+        )
+        self.store: SaveStore | None = SaveStore(settings.save_dir) if settings.save_dir else None
+        self.book = SlotBook.load(settings.book_path)
+        self.props: Props | None = None
+        self.state = ConnectionState.UNKNOWN
+        self.current_chat: str | None = None
+        self._lock = asyncio.Lock()
+        self._last_task_ids: dict[int, int] = {}
+        self._last_error: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        self.persist()
+        await self.client.aclose()
+
+    async def __aenter__(self) -> KvService:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def persist(self) -> None:
+        """Write the slot book atomically (it survives a crash or a restart of kvtui)."""
+        try:
+            self.book.save_atomic(self.settings.book_path)
+        except OSError as err:
+            self.events.error(Kind.ERROR, f"Could not write the slot book: {err}")
+
+    async def connect(self) -> Props:
+        """Read the server's props and size the book to its slots."""
+        props = await self.client.props()
+        self._adopt_props(props)
+        return props
+
+    def _adopt_props(self, props: Props) -> None:
+        if self.book.n_slots != props.total_slots:
+            dropped = self.book.resize(props.total_slots)
+            for record in dropped:
+                if record.character:
+                    self.events.warning(
+                        Kind.CONNECTION,
+                        f"Slot {record.slot} no longer exists; {record.character} was dropped.",
+                    )
+            self.persist()
+        self.props = props
+
+    # -- polling -----------------------------------------------------------------------------
+
+    async def refresh(self) -> Snapshot:
+        """Poll the server once and return what the dashboard shows. Never raises."""
+        previous = self.state
+        slots: list[SlotState] = []
+        error: str | None = None
+        try:
+            if self.props is None or previous is not ConnectionState.CONNECTED:
+                self._adopt_props(await self.client.props())
+            slots = await self.client.slots()
+            self.state = ConnectionState.CONNECTED
+        except ModelLoading as err:
+            self.state, error = ConnectionState.LOADING, str(err)
+        except ServerUnreachable as err:
+            self.state, error = ConnectionState.UNREACHABLE, str(err)
+        except LlamaError as err:
+            self.state, error = ConnectionState.UNREACHABLE, str(err)
+        if self.state is not previous:
+            self._on_state_change(previous, error)
+        if slots:
+            self._reconcile(slots)
+        return self.snapshot(slots, error)
+
+    def _on_state_change(self, previous: ConnectionState, error: str | None) -> None:
+        if self.state is ConnectionState.CONNECTED:
+            if previous is not ConnectionState.UNKNOWN:
+                self.events.info(Kind.CONNECTION, "Connected to llama-server again.")
+        elif self.state is ConnectionState.UNREACHABLE:
+            self.events.error(Kind.CONNECTION, error or "llama-server is unreachable.")
+        elif self.state is ConnectionState.LOADING:
+            self.events.warning(Kind.CONNECTION, "llama-server is loading its model.")
+
+    def _reconcile(self, slots: Sequence[SlotState]) -> None:
+        """Notice what the server lost (a restart) and forget it in the book.
+
+        A restarted server numbers its tasks from zero again, and a slot that never ran a task
+        since the restart shows no ``id_task``. kvtui cannot see a restore into such a slot in
+        ``/slots``, so it only trusts its own count while the task ids keep growing.
+        """
+        lost = False
+        for slot in slots:
+            task = slot.id_task
+            before = self._last_task_ids.get(slot.id)
+            if task is not None:
+                if before is not None and task < before:
+                    lost = True
+                self._last_task_ids[slot.id] = task
+            elif before is not None:
+                lost = True
+        if lost:
+            self._last_task_ids.clear()
+            forgotten = self.book.mark_all_lost()
+            if forgotten:
+                names = ", ".join(forgotten)
+                self.events.warning(
+                    Kind.CONNECTION,
+                    f"llama-server restarted: the caches of {names} are gone from memory; "
+                    "each is restored from its latest save on its next request.",
+                )
+            self.persist()
+        for slot in slots:
+            if slot.n_prompt_tokens is not None and slot.id < self.book.n_slots:
+                self.book.set_tokens(slot.id, slot.n_prompt_tokens)
+
+    def snapshot(self, slots: Sequence[SlotState] = (), error: str | None = None) -> Snapshot:
+        by_id = {s.id: s for s in slots}
+        rows = []
+        every = self.settings.autosave_every if self.settings.autosave_enabled else None
+        for record in self.book.snapshot():
+            state = by_id.get(record.slot)
+            rows.append(
+                SlotRow(
+                    slot=record.slot,
+                    n_ctx=state.n_ctx if state else (self.props.n_ctx if self.props else 0),
+                    processing=bool(state and state.is_processing),
+                    n_decoded=state.n_decoded if state else None,
+                    n_remain=state.n_remain if state else None,
+                    tokens=record.tokens,
+                    chat=record.chat,
+                    character=record.character,
+                    usage=record.usage,
+                    messages_until_save=(
+                        self.book.messages_until_save(record.slot, every)
+                        if every and record.character
+                        else None
+                    ),
+                    last_save_at=record.last_save_at,
+                    last_save_file=record.last_save_file,
+                )
+            )
+        return Snapshot(
+            state=self.state,
+            server_url=self.settings.server_url,
+            model=self.props.model if self.props else None,
+            build_info=self.props.build_info if self.props else None,
+            total_slots=self.book.n_slots,
+            n_ctx=self.props.n_ctx if self.props else None,
+            save_dir=self.settings.save_dir,
+            rows=tuple(rows),
+            error=error,
+            taken_at=datetime.now(UTC),
+        )
+
+    # -- saves -------------------------------------------------------------------------------
+
+    def require_store(self) -> SaveStore:
+        if self.store is None:
+            raise ServiceError(
+                "No save directory is set. Give kvtui the server's --slot-save-path directory "
+                "with --save-dir DIR (or save_dir in the config file)."
+            )
+        return self.store
+
+    async def _ensure_props(self) -> Props:
+        if self.props is None:
+            await self.connect()
+        assert self.props is not None
+        return self.props
+
+    async def save_slot(
+        self,
+        slot: int,
+        *,
+        chat: str | None = None,
+        character: str | None = None,
+        tag: str | None = None,
+        autosave: bool = False,
+    ) -> SaveOutcome:
+        """Save one slot to a new file named by the seed's scheme; rotate when untagged.
+
+        A save that turns out empty (``n_saved == 0``) or below the configured minimum is
+        removed again — only the new file, never an older save.
+        """
+        store = self.require_store()
+        props = await self._ensure_props()
+        self._check_slot(slot)
+        record = self.book.record(slot)
+        chat = chat or record.chat
+        character = character or record.character
+        if not chat or not character:
+            raise ServiceError(
+                f"Slot {slot} has no character assigned. Assign one first, or give "
+                "--chat and --character."
+            )
+        filename = store.new_filename(chat, character, tag=tag)
+        result = await self.client.save(slot, filename)
+        if not is_valid_save(
+            result.n_saved,
+            result.n_written,
+            min_tokens=max(1, self.settings.min_save_tokens),
+            min_bytes=self.settings.min_save_bytes,
+        ):
+            store.delete(filename)
+            reason = (
+                "the slot is empty"
+                if result.n_saved == 0
+                else f"{result.n_saved} tokens / {result.n_written} bytes is below the minimum"
+            )
+            raise ServiceError(f"Save of slot {slot} discarded: {reason}.")
+        now = datetime.now(UTC)
+        store.write_meta(
+            filename,
+            SaveMeta(
+                chat=chat,
+                character=character,
+                tag=tag,
+                n_saved=result.n_saved,
+                n_written=result.n_written,
+                model=props.model,
+                build_info=props.build_info,
+                n_ctx=props.n_ctx,
+                slot=slot,
+                saved_at=now,
+            ),
+        )
+        if record.chat != chat or record.character != character:
+            self.book.assign(slot, chat, character)
+        self.book.mark_saved(slot, filename, now)
+        self.book.set_tokens(slot, result.n_saved)
+        rotated: list[str] = []
+        if tag is None:
+            rotated = store.rotate(chat, character, keep=self.settings.max_autosaves)
+        self.persist()
+        what = f"tag '{tag}'" if tag else ("autosave" if autosave else "save")
+        self.events.info(
+            Kind.AUTOSAVE if autosave else Kind.SAVE,
+            f"Saved {character} ({chat}) from slot {slot}: {result.n_saved} tokens, {what}.",
+        )
+        if rotated:
+            self.events.info(
+                Kind.ROTATE,
+                f"Rotated {len(rotated)} old autosave(s) of {character} ({chat}).",
+            )
+        return SaveOutcome(
+            slot=slot,
+            chat=chat,
+            character=character,
+            filename=filename,
+            n_saved=result.n_saved,
+            n_written=result.n_written,
+            tag=tag,
+            rotated=tuple(rotated),
+        )
+
+    async def save_all(self, tag: str | None = None) -> list[SaveOutcome | ServiceError]:
+        """Save every slot that has a character (the seed's "save now" and "save with tag")."""
+        results: list[SaveOutcome | ServiceError] = []
+        for record in self.book.snapshot():
+            if not record.character:
+                continue
+            try:
+                results.append(await self.save_slot(record.slot, tag=tag))
+            except (ServiceError, LlamaError) as err:
+                self.events.error(Kind.SAVE, f"Slot {record.slot}: {err}")
+                results.append(ServiceError(f"slot {record.slot}: {err}"))
+        return results
+
+    # -- loads -------------------------------------------------------------------------------
+
+    def _entry(self, filename: str) -> SaveEntry:
+        store = self.require_store()
+        store.path_for(filename)  # refuses names that escape the directory
+        entry = store.get(filename)
+        if entry is None:
+            raise ServiceError(f"No save file named {filename!r} in {store.directory}.")
+        return entry
+
+    async def load(
+        self, filename: str, slot: int | None = None, *, protected: Iterable[int] = ()
+    ) -> LoadOutcome:
+        """Restore a save into ``slot``, or into the slot the seed's allocation picks."""
+        entry = self._entry(filename)
+        await self._ensure_props()
+        evicted_name: str | None = None
+        if slot is None:
+            allocation = self.book.allocate(entry.chat, entry.character, protected=set(protected))
+            slot = allocation.slot
+            if allocation.evicted is not None and allocation.evicted.character:
+                evicted_name = allocation.evicted.character
+                await self._evict(allocation.evicted)
+        self._check_slot(slot)
+        result = await self.client.restore(slot, entry.filename)
+        self.book.assign(slot, entry.chat, entry.character)
+        self.book.mark_loaded(slot, entry.filename, result.n_restored)
+        self.persist()
+        other = self.current_chat is not None and not _same(entry.chat, self.current_chat)
+        note = f" (loaded from chat {entry.chat})" if other else ""
+        self.events.info(
+            Kind.LOAD,
+            f"Loaded {entry.character} into slot {slot}: {result.n_restored} tokens from "
+            f"{entry.timestamp.astimezone():%Y-%m-%d %H:%M:%S}{note}.",
+        )
+        return LoadOutcome(
+            slot=slot,
+            chat=entry.chat,
+            character=entry.character,
+            filename=entry.filename,
+            n_restored=result.n_restored,
+            from_other_chat=other,
+            evicted=evicted_name,
+        )
+
+    async def load_many(self, filenames: Sequence[str]) -> list[LoadOutcome]:
+        """Load several characters at once; none evicts another loaded in the same batch."""
+        protected: set[int] = set()
+        outcomes: list[LoadOutcome] = []
+        for filename in filenames:
+            try:
+                outcome = await self.load(filename, protected=protected)
+            except (ServiceError, LlamaError) as err:
+                self.events.error(Kind.LOAD, f"{filename}: {err}")
+                outcomes.append(
+                    LoadOutcome(
+                        slot=-1,
+                        chat="",
+                        character=filename,
+                        filename=filename,
+                        n_restored=0,
+                        from_other_chat=False,
+                        error=str(err),
+                    )
+                )
+                continue
+            protected.add(outcome.slot)
+            outcomes.append(outcome)
+        return outcomes
+
+    async def _evict(self, record: SlotRecord) -> SaveOutcome | None:
+        """Save an evicted character first when it was used at least once (the seed's rule)."""
+        saved: SaveOutcome | None = None
+        if record.usage >= 1 and record.chat and record.character and self.store is not None:
+            try:
+                saved = await self.save_slot(
+                    record.slot, chat=record.chat, character=record.character, autosave=True
+                )
+            except (ServiceError, LlamaError) as err:
+                self.events.error(
+                    Kind.EVICT, f"Could not save {record.character} before eviction: {err}"
+                )
+        self.events.info(
+            Kind.EVICT,
+            f"Evicted {record.character} from slot {record.slot} (usage {record.usage}).",
+        )
+        return saved
+
+    # -- slots -------------------------------------------------------------------------------
+
+    def _check_slot(self, slot: int) -> None:
+        total = self.props.total_slots if self.props else self.book.n_slots
+        if not 0 <= slot < total:
+            raise ServiceError(
+                f"Slot {slot} does not exist: the server has slots 0 to {total - 1}."
+            )
+
+    async def assign(self, slot: int, chat: str, character: str) -> None:
+        """Put a character in a slot by hand (its cache follows on its next generation)."""
+        await self._ensure_props()
+        self._check_slot(slot)
+        other = self.book.find(chat, character)
+        if other is not None and other != slot:
+            self.book.release(other)
+        self.book.assign(slot, chat, character)
+        self.persist()
+        self.events.info(Kind.ROUTE, f"Assigned {character} ({chat}) to slot {slot}.")
+
+    async def erase(self, slot: int) -> int:
+        """Erase a slot's cache on the server and forget who was in it. Files stay."""
+        await self._ensure_props()
+        self._check_slot(slot)
+        result = await self.client.erase(slot)
+        record = self.book.record(slot)
+        self.book.release(slot)
+        self.persist()
+        who = f" ({record.character})" if record.character else ""
+        self.events.info(Kind.ERASE, f"Erased slot {slot}{who}: {result.n_erased} tokens.")
+        return result.n_erased
+
+    async def clear_all(self) -> None:
+        """Erase every slot (the seed's "clear all slots"; caches on disk stay)."""
+        props = await self._ensure_props()
+        for slot in range(props.total_slots):
+            await self.client.erase(slot)
+        self.book.clear_all()
+        self.persist()
+        self.events.info(Kind.ERASE, f"Cleared all {props.total_slots} slots.")
+
+    # -- automatic mode ----------------------------------------------------------------------
+
+    async def route(
+        self, chat: str, character: str, gen_type: GenType, *, protected: Iterable[int] = ()
+    ) -> RouteDecision:
+        """Make a slot ready for a character's generation and return it.
+
+        Resident characters keep their slot. Otherwise the seed's allocation runs (free slot,
+        else evict the least-used after saving it). On a new residency the character's latest
+        save for this chat is restored first, once — never over a live cache, so swipes and
+        continues only restore when nothing of the character is in memory.
+        """
+        async with self._lock:
+            await self._ensure_props()
+            slot = self.book.find(chat, character)
+            resident = slot is not None
+            evicted: SaveOutcome | None = None
+            evicted_character: str | None = None
+            if slot is None:
+                allocation = self.book.allocate(chat, character, protected=set(protected))
+                slot = allocation.slot
+                if allocation.evicted is not None and allocation.evicted.character:
+                    evicted_character = allocation.evicted.character
+                    evicted = await self._evict(allocation.evicted)
+                    self.book.assign(slot, chat, character)
+            restored: LoadOutcome | None = None
+            record = self.book.record(slot)
+            if not record.autoload_done:
+                restored = await self._autoload(slot, chat, character)
+            if gen_type is not GenType.IMPERSONATE:
+                self.book.count_generation(slot, gen_type)
+            self.persist()
+            if not resident:
+                self.events.info(Kind.ROUTE, f"{character} ({chat}) → slot {slot}.")
+            return RouteDecision(
+                slot=slot,
+                chat=chat,
+                character=character,
+                resident=resident,
+                restored=restored,
+                evicted=evicted,
+                evicted_character=evicted_character,
+            )
+
+    async def _autoload(self, slot: int, chat: str, character: str) -> LoadOutcome | None:
+        self.book.mark_autoload_done(slot)
+        if self.store is None:
+            return None
+        entry = self.store.latest(chat, character)
+        if entry is None:
+            return None
+        try:
+            result = await self.client.restore(slot, entry.filename)
+        except LlamaError as err:
+            self.events.error(
+                Kind.AUTOLOAD, f"Could not restore {character} from {entry.filename}: {err}"
+            )
+            return None
+        self.book.mark_loaded(slot, entry.filename, result.n_restored)
+        self.book.mark_autoload_done(slot)
+        self.events.info(
+            Kind.AUTOLOAD,
+            f"Restored {character} into slot {slot}: {result.n_restored} tokens, saved "
+            f"{entry.timestamp.astimezone():%Y-%m-%d %H:%M:%S}.",
+        )
+        return LoadOutcome(
+            slot=slot,
+            chat=chat,
+            character=character,
+            filename=entry.filename,
+            n_restored=result.n_restored,
+            from_other_chat=False,
+        )
+
+    async def finish_generation(
+        self, slot: int, *, counts_message: bool, tokens: int | None = None
+    ) -> SaveOutcome | None:
+        """Count a finished generation's message and autosave every N messages."""
+        async with self._lock:
+            if tokens is not None:
+                self.book.set_tokens(slot, tokens)
+            if not counts_message:
+                self.persist()
+                return None
+            self.book.count_message(slot)
+            record = self.book.record(slot)
+            due = (
+                self.settings.autosave_enabled
+                and self.store is not None
+                and record.character is not None
+                and self.book.messages_until_save(slot, self.settings.autosave_every) <= 0
+            )
+            if not due:
+                self.persist()
+                return None
+            try:
+                return await self.save_slot(slot, autosave=True)
+            except (ServiceError, LlamaError) as err:
+                self.events.error(Kind.AUTOSAVE, f"Autosave of slot {slot} failed: {err}")
+                return None
+
+    async def switch_chat(self, chat: str, characters: Sequence[str] = ()) -> list[SaveOutcome]:
+        """The seed's chat switch: save used characters, clear all slots, place the new chat's.
+
+        With ``clear_on_chat_switch`` off only the current chat changes.
+        """
+        async with self._lock:
+            previous, self.current_chat = self.current_chat, chat
+            if not self.settings.clear_on_chat_switch:
+                return []
+            saved: list[SaveOutcome] = []
+            for record in self.book.snapshot():
+                if record.character and record.chat and record.usage >= 1 and self.store:
+                    try:
+                        saved.append(await self.save_slot(record.slot, autosave=True))
+                    except (ServiceError, LlamaError) as err:
+                        self.events.error(
+                            Kind.CHAT_SWITCH, f"Could not save {record.character}: {err}"
+                        )
+            props = await self._ensure_props()
+            for slot in range(props.total_slots):
+                try:
+                    await self.client.erase(slot)
+                except LlamaError as err:
+                    self.events.error(Kind.CHAT_SWITCH, f"Could not erase slot {slot}: {err}")
+            self.book.clear_all()
+            for slot, character in zip(range(props.total_slots), characters, strict=False):
+                self.book.assign(slot, chat, character)
+            self.persist()
+            self.events.info(
+                Kind.CHAT_SWITCH,
+                f"Chat switch {previous or '(none)'} → {chat}: saved {len(saved)}, "
+                f"cleared {props.total_slots} slots, placed {min(len(characters), props.total_slots)}.",
+            )
+            return saved
+
+
+def _same(a: str, b: str) -> bool:
+    from kvtui.store.names import normalize
+
+    return normalize(a) == normalize(b)
