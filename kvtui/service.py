@@ -643,10 +643,11 @@ class KvService:
             for slot, character in zip(range(props.total_slots), characters, strict=False):
                 self.book.assign(slot, chat, character)
             self.persist()
+            placed = min(len(characters), props.total_slots)
             self.events.info(
                 Kind.CHAT_SWITCH,
                 f"Chat switch {previous or '(none)'} → {chat}: saved {len(saved)}, "
-                f"cleared {props.total_slots} slots, placed {min(len(characters), props.total_slots)}.",
+                f"cleared {props.total_slots} slots, placed {placed}.",
             )
             return saved
 
