@@ -1,0 +1,229 @@
+"""Prewarm: give every chosen character of a chat a ready cache before the conversation starts.
+
+For each character: take a slot by the seed's allocation (saving an evicted character first),
+process the character's prompt into the cache with one generated token, save it as an autosave
+(counted and rotated like any other) and check that the save holds tokens. The prompt is the last
+one the proxy recorded for that character in that chat (an exact prefix of what SillyTavern will
+send next), else one assembled from the SillyTavern chat file and card (approximate), else the
+character is skipped with that reason.
+
+A per-character timeout marks the character failed and the run goes on. Cancelling the run
+cancels the in-flight request, which closes its connection, so llama-server stops the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from kvtui.events import Kind
+from kvtui.llama import LlamaError
+from kvtui.service import KvService, ServiceError
+from kvtui.slots import GenType
+
+
+class Outcome(StrEnum):
+    WARMED = "warmed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class PromptChoice:
+    """The prompt for one character and where it came from ("recorded" or "assembled")."""
+
+    character: str
+    prompt: str | None
+    source: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CharacterResult:
+    character: str
+    outcome: Outcome
+    tokens: int = 0
+    seconds: float = 0.0
+    filename: str | None = None
+    source: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a run: ``current`` is being warmed; ``done`` results so far."""
+
+    total: int
+    current: str | None
+    done: tuple[CharacterResult, ...]
+    elapsed: float
+    finished: bool = False
+    cancelled: bool = False
+
+
+@dataclass
+class PrewarmReport:
+    results: list[CharacterResult] = field(default_factory=list)
+    elapsed: float = 0.0
+    cancelled: bool = False
+
+    def with_outcome(self, outcome: Outcome) -> list[CharacterResult]:
+        return [r for r in self.results if r.outcome is outcome]
+
+    @property
+    def ok(self) -> bool:
+        return not self.cancelled and not self.with_outcome(Outcome.FAILED)
+
+
+PromptSource = Callable[[str, str], PromptChoice]
+ProgressCallback = Callable[[Progress], None]
+
+
+async def prewarm(
+    service: KvService,
+    chat: str,
+    prompts: Sequence[PromptChoice],
+    *,
+    timeout: float | None = None,
+    concurrency: int | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> PrewarmReport:
+    """Warm each character in ``prompts`` (in order) for ``chat``.
+
+    ``timeout`` (seconds per character) and ``concurrency`` default to the settings. Cancelling
+    the task that awaits this cancels the in-flight requests and re-raises after the report's
+    last progress message has been sent.
+    """
+    settings = service.settings
+    timeout = timeout if timeout is not None else settings.prewarm_timeout_minutes * 60
+    concurrency = max(1, concurrency or settings.prewarm_concurrency)
+    report = PrewarmReport()
+    started = time.monotonic()
+    total = len(prompts)
+    in_flight: set[int] = set()
+    current: list[str] = []
+    semaphore = asyncio.Semaphore(concurrency)
+
+    def emit(finished: bool = False) -> None:
+        if on_progress is not None:
+            on_progress(
+                Progress(
+                    total=total,
+                    current=current[-1] if current else None,
+                    done=tuple(report.results),
+                    elapsed=time.monotonic() - started,
+                    finished=finished,
+                    cancelled=report.cancelled,
+                )
+            )
+
+    async def warm_one(choice: PromptChoice) -> None:
+        async with semaphore:
+            if choice.prompt is None:
+                report.results.append(
+                    CharacterResult(choice.character, Outcome.SKIPPED, reason=choice.reason)
+                )
+                emit()
+                return
+            current.append(choice.character)
+            emit()
+            t0 = time.monotonic()
+            try:
+                result = await asyncio.wait_for(
+                    _warm(service, chat, choice, in_flight), timeout=timeout
+                )
+            except TimeoutError:
+                result = CharacterResult(
+                    choice.character,
+                    Outcome.FAILED,
+                    seconds=time.monotonic() - t0,
+                    source=choice.source,
+                    reason=f"timed out after {timeout:.0f} s",
+                )
+            except (ServiceError, LlamaError) as err:
+                result = CharacterResult(
+                    choice.character,
+                    Outcome.FAILED,
+                    seconds=time.monotonic() - t0,
+                    source=choice.source,
+                    reason=str(err),
+                )
+            finally:
+                if choice.character in current:
+                    current.remove(choice.character)
+            report.results.append(result)
+            if result.outcome is Outcome.FAILED:
+                service.events.error(
+                    Kind.PREWARM, f"Prewarm of {choice.character} failed: {result.reason}"
+                )
+            emit()
+
+    service.events.info(Kind.PREWARM, f"Prewarm of {total} character(s) in {chat} started.")
+    emit()
+    tasks = [asyncio.create_task(warm_one(choice)) for choice in prompts]
+    try:
+        await asyncio.gather(*tasks)
+    except asyncio.CancelledError:
+        report.cancelled = True
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        done = {r.character for r in report.results}
+        for choice in prompts:
+            if choice.character not in done:
+                report.results.append(CharacterResult(choice.character, Outcome.CANCELLED))
+        report.elapsed = time.monotonic() - started
+        _log_summary(service, report)
+        emit(finished=True)
+        raise
+    report.elapsed = time.monotonic() - started
+    _log_summary(service, report)
+    emit(finished=True)
+    return report
+
+
+async def _warm(
+    service: KvService, chat: str, choice: PromptChoice, in_flight: set[int]
+) -> CharacterResult:
+    assert choice.prompt is not None
+    t0 = time.monotonic()
+    decision = await service.route(chat, choice.character, GenType.QUIET, protected=in_flight)
+    in_flight.add(decision.slot)
+    try:
+        completion = await service.client.completion(
+            choice.prompt, n_predict=1, id_slot=decision.slot, cache_prompt=True
+        )
+        saved = await service.save_slot(decision.slot, autosave=True)
+    finally:
+        in_flight.discard(decision.slot)
+    tokens = completion.timings.prompt_n + completion.timings.cache_n
+    return CharacterResult(
+        choice.character,
+        Outcome.WARMED,
+        tokens=max(tokens, saved.n_saved),
+        seconds=time.monotonic() - t0,
+        filename=saved.filename,
+        source=choice.source,
+    )
+
+
+def _log_summary(service: KvService, report: PrewarmReport) -> None:
+    warmed = [r.character for r in report.with_outcome(Outcome.WARMED)]
+    failed = [r.character for r in report.with_outcome(Outcome.FAILED)]
+    skipped = [r.character for r in report.with_outcome(Outcome.SKIPPED)]
+    missed = [r.character for r in report.with_outcome(Outcome.CANCELLED)]
+    parts = [f"warmed {', '.join(warmed) or 'none'}"]
+    if failed:
+        parts.append(f"failed {', '.join(failed)}")
+    if skipped:
+        parts.append(f"skipped {', '.join(skipped)}")
+    if missed:
+        parts.append(f"not warmed {', '.join(missed)}")
+    verb = "cancelled" if report.cancelled else "finished"
+    service.events.info(
+        Kind.PREWARM, f"Prewarm {verb} in {report.elapsed:.1f} s: {'; '.join(parts)}."
+    )

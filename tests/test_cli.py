@@ -1,0 +1,227 @@
+"""The headless CLI, run as a user runs it: a real process against the real embedded server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from kvtui.embedded.server import EmbeddedServer, free_port
+from tests.conftest import _post
+
+PROMPT = "Alex: Hello there, where are we going today?\nSeraphina:"
+
+
+def kvtui(
+    tmp_path: Path, *args: str, server: EmbeddedServer | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["KVTUI_CONFIG"] = str(tmp_path / "config.toml")
+    env["KVTUI_STATE_DIR"] = str(tmp_path / "state")
+    cmd = [sys.executable, "-m", "kvtui.cli", *args]
+    if server is not None:
+        cmd += ["--server", server.url]
+        if server.save_dir is not None:
+            cmd += ["--save-dir", str(server.save_dir)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def slot_tokens(server: EmbeddedServer, slot: int) -> int:
+    with urllib.request.urlopen(f"{server.url}/slots") as resp:
+        slots = json.loads(resp.read())
+    return int(slots[slot].get("n_prompt_tokens", 0))
+
+
+def test_save_ls_erase_load_round_trip(clean_server: EmbeddedServer, tmp_path: Path) -> None:
+    assert clean_server.save_dir is not None
+    _post(clean_server.url + "/completion", {"prompt": PROMPT, "n_predict": 1, "id_slot": 1})
+    out = kvtui(
+        tmp_path,
+        "save",
+        "1",
+        "--chat",
+        "Forest Party",
+        "--character",
+        "Серафина",
+        "--tag",
+        "важный момент",
+        "--json",
+        server=clean_server,
+        check=True,
+    )
+    saved = json.loads(out.stdout)
+    name = saved["filename"]
+    assert name.startswith("Forest_Party_")
+    assert name.endswith("_tag_важный_момент_character_Серафина.bin")
+    path = clean_server.save_dir / name
+    assert path.exists() and path.stat().st_size == saved["n_written"]
+    meta = json.loads((clean_server.save_dir / (name + ".json")).read_text())
+    assert meta["chat"] == "Forest Party" and meta["character"] == "Серафина"
+    assert meta["tag"] == "важный момент" and meta["n_saved"] == saved["n_saved"] > 0
+
+    listing = json.loads(kvtui(tmp_path, "ls", "--json", server=clean_server, check=True).stdout)
+    [chat] = [c for c in listing if c["chat"] == "Forest Party"]
+    [character] = chat["characters"]
+    assert character["character"] == "Серафина"
+    assert [s["file"] for s in character["saves"]] == [name]
+
+    kvtui(tmp_path, "erase", "1", server=clean_server, check=True)
+    assert slot_tokens(clean_server, 1) == 0
+    kvtui(tmp_path, "load", name, "--slot", "2", server=clean_server, check=True)
+    result = _post(
+        clean_server.url + "/completion", {"prompt": PROMPT, "n_predict": 1, "id_slot": 2}
+    )
+    timings = result["timings"]
+    assert isinstance(timings, dict)
+    assert abs(timings["cache_n"] - saved["n_saved"]) <= 1
+
+
+def test_bad_requests_fail_clearly_and_lose_nothing(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    assert clean_server.save_dir is not None
+    _post(clean_server.url + "/completion", {"prompt": PROMPT, "n_predict": 1, "id_slot": 0})
+    before = slot_tokens(clean_server, 0)
+    assert before > 0
+
+    out = kvtui(tmp_path, "save", "9", "--chat", "c", "--character", "n", server=clean_server)
+    assert out.returncode == 1 and "slot 9" in out.stderr.lower()
+    assert not any(clean_server.save_dir.iterdir())
+
+    out = kvtui(tmp_path, "load", "missing.bin", "--slot", "0", server=clean_server)
+    assert out.returncode == 1 and "missing.bin" in out.stderr
+    assert slot_tokens(clean_server, 0) == before
+
+    out = kvtui(tmp_path, "load", "../etc/passwd", "--slot", "0", server=clean_server)
+    assert out.returncode == 1 and out.stderr.strip()
+    assert slot_tokens(clean_server, 0) == before
+
+    out = kvtui(tmp_path, "erase", "-1", server=clean_server)
+    assert out.returncode != 0
+    assert slot_tokens(clean_server, 0) == before
+
+    out = kvtui(tmp_path, "save", "0", server=clean_server)
+    assert out.returncode == 1 and "--character" in out.stderr
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    out = kvtui(tmp_path, "slots", "--server", url)
+    assert out.returncode == 1
+    assert "unreachable" in out.stderr.lower() or "no llama-server" in out.stderr.lower()
+
+
+def test_slots_json_shows_every_slot(clean_server: EmbeddedServer, tmp_path: Path) -> None:
+    out = kvtui(tmp_path, "slots", "--json", server=clean_server, check=True)
+    data = json.loads(out.stdout)
+    assert [row["slot"] for row in data["slots"]] == [0, 1, 2, 3]
+
+
+@pytest.fixture
+def doctor_env(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def test_doctor_passes_on_a_good_server(clean_server: EmbeddedServer, tmp_path: Path) -> None:
+    out = kvtui(tmp_path, "doctor", server=clean_server)
+    assert out.returncode == 0, out.stdout
+    assert "FAIL" not in out.stdout
+    assert not [p for p in clean_server.save_dir.iterdir()]  # type: ignore[union-attr]
+
+
+def test_doctor_no_server(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    out = kvtui(tmp_path, "doctor", "--json", "--server", url)
+    assert out.returncode == 1
+    [check] = json.loads(out.stdout)
+    assert check["status"] == "fail" and url in check["detail"]
+    assert "llama-server" in check["fix"]
+
+
+def test_doctor_without_slot_save_path(tmp_path: Path) -> None:
+    with EmbeddedServer(save_dir=None, n_slots=2, n_ctx=512) as server:
+        out = kvtui(tmp_path, "doctor", "--json", "--save-dir", str(tmp_path), server=server)
+    assert out.returncode == 1
+    checks = {c["name"]: c for c in json.loads(out.stdout)}
+    assert checks["save directory"]["status"] == "fail"
+    assert "--slot-save-path" in checks["save directory"]["fix"]
+
+
+def test_doctor_wrong_save_dir(clean_server: EmbeddedServer, tmp_path: Path) -> None:
+    wrong = tmp_path / "elsewhere"
+    wrong.mkdir()
+    out = kvtui(
+        tmp_path, "doctor", "--json", "--server", clean_server.url, "--save-dir", str(wrong)
+    )
+    assert out.returncode == 1
+    checks = {c["name"]: c for c in json.loads(out.stdout)}
+    assert checks["save directory"]["status"] == "fail"
+    assert "not the server's --slot-save-path" in checks["save directory"]["detail"]
+
+
+def test_doctor_unified_kv(tmp_path: Path) -> None:
+    saves = tmp_path / "saves"
+    with EmbeddedServer(save_dir=saves, n_slots=2, n_ctx=1024, kv_unified=True) as server:
+        out = kvtui(tmp_path, "doctor", "--json", server=server)
+    assert out.returncode == 1
+    checks = {c["name"]: c for c in json.loads(out.stdout)}
+    assert checks["unified KV"]["status"] == "fail"
+    assert "--no-kv-unified" in checks["unified KV"]["fix"]
+
+
+def test_busy_slot_waits_and_a_killed_server_is_reported(tmp_path: Path) -> None:
+    """A save on a busy slot waits for it; if the server dies meanwhile the CLI says so."""
+    import threading
+
+    saves = tmp_path / "saves"
+    with EmbeddedServer(save_dir=saves, n_slots=2, n_ctx=8192, threads=1) as server:
+
+        def generate() -> None:
+            try:
+                _post(
+                    server.url + "/completion",
+                    {"prompt": PROMPT, "n_predict": 3000, "id_slot": 0, "ignore_eos": True},
+                )
+            except OSError:
+                pass
+
+        worker = threading.Thread(target=generate, daemon=True)
+        worker.start()
+        env_args = ("--chat", "c", "--character", "n")
+        env = dict(os.environ)
+        env["KVTUI_CONFIG"] = str(tmp_path / "config.toml")
+        env["KVTUI_STATE_DIR"] = str(tmp_path / "state")
+        cmd = [
+            sys.executable, "-m", "kvtui.cli", "save", "0", *env_args,
+            "--server", server.url, "--save-dir", str(saves),
+        ]  # fmt: skip
+        for _ in range(200):  # wait until the slot is really busy
+            with urllib.request.urlopen(f"{server.url}/slots") as resp:
+                if json.loads(resp.read())[0]["is_processing"]:
+                    break
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        else:  # the generation finished first on a fast machine: the save simply succeeded
+            assert proc.returncode == 0, proc.stderr
+            return
+        server.kill()
+        _, err = proc.communicate(timeout=60)
+        worker.join(timeout=10)
+    assert proc.returncode == 1
+    assert "Traceback" not in err
+    assert "unreachable" in err.lower() or "closed" in err.lower()
+    assert not list(saves.glob("*.bin"))
