@@ -1,0 +1,103 @@
+"""Automatic mode's chat-switch watcher: keep kvtui's current chat in step with SillyTavern's.
+
+SillyTavern writes the chat file the user is in (the user's message is saved before the request
+is sent), so the most recently written chat file is the active chat. When it becomes a different
+chat, kvtui does the seed's chat switch: save every character used at least once, erase all
+slots, and place the new chat's unmuted characters (their caches are restored on their first
+generation). The proxy asks the same watcher before routing a request, so a switch happens exactly
+once, whichever of the two notices it first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from kvtui.events import Kind
+from kvtui.llama import LlamaError
+from kvtui.service import KvService, ServiceError
+from kvtui.sillytavern import ChatRef, Member, SillyTavernData
+
+
+class ChatSwitchWatcher:
+    """Switches kvtui's chat when SillyTavern's active chat changes."""
+
+    def __init__(self, service: KvService, st_data: SillyTavernData) -> None:
+        self.service = service
+        self.st_data = st_data
+        self._lock = asyncio.Lock()
+        self._members: dict[str, list[Member]] = {}
+
+    async def active(self) -> ChatRef | None:
+        """SillyTavern's active chat (read off the event loop: it stats every chat file)."""
+        return await asyncio.to_thread(self.st_data.active_chat)
+
+    async def members(self, ref: ChatRef) -> list[Member]:
+        members = await asyncio.to_thread(self.st_data.members, ref)
+        self._members[ref.chat_id] = members
+        return members
+
+    async def adopt_current(self) -> ChatRef | None:
+        """At start: take SillyTavern's active chat as kvtui's current chat, without a switch.
+
+        Slots keep what they hold (a restarted kvtui must not erase live caches); when kvtui
+        already has a current chat that differs, the switch runs as usual.
+        """
+        ref = await self.active()
+        if ref is None:
+            return None
+        async with self._lock:
+            if self.service.current_chat is None:
+                self.service.current_chat = ref.chat_id
+                await self.members(ref)
+                self.service.events.info(
+                    Kind.CHAT_SWITCH, f"Current chat: {ref.display_name} ({ref.chat_id})."
+                )
+                return ref
+        await self.ensure(ref)
+        return ref
+
+    async def ensure(self, ref: ChatRef | None = None) -> bool:
+        """Switch to ``ref`` (default: the active chat) unless it is already current.
+
+        Returns True when a switch ran. Failures are logged to the event log, never raised:
+        a request that triggered the check still goes through.
+        """
+        if ref is None:
+            ref = await self.active()
+            if ref is None:
+                return False
+        async with self._lock:
+            if self.service.current_chat == ref.chat_id:
+                return False
+            members = await self.members(ref)
+            names = [m.name for m in members if not m.muted]
+            try:
+                await self.service.switch_chat(ref.chat_id, names)
+            except (ServiceError, LlamaError) as err:
+                # switch_chat sets the current chat first, so it is not retried on every request.
+                self.service.events.error(
+                    Kind.CHAT_SWITCH, f"Chat switch to {ref.display_name} failed: {err}"
+                )
+            return True
+
+    def cached_members(self, chat_id: str) -> list[Member] | None:
+        """The members last read for ``chat_id`` (the proxy's identity inference uses them)."""
+        return self._members.get(chat_id)
+
+    async def _on_change(self, ref: ChatRef) -> None:
+        await self.ensure(ref)
+
+    async def run(self, stop_event: asyncio.Event) -> None:
+        """Watch SillyTavern's data directory until ``stop_event`` is set."""
+        try:
+            await self.adopt_current()
+        except (ServiceError, LlamaError) as err:
+            self.service.events.error(Kind.CHAT_SWITCH, f"Could not read the current chat: {err}")
+        await self.st_data.watch_active(self._on_change, stop_event)
+
+
+async def run_watcher(
+    service: KvService, st_data: SillyTavernData, stop_event: asyncio.Event
+) -> None:
+    """Run the chat-switch watcher until ``stop_event`` is set (a convenience for callers)."""
+    await ChatSwitchWatcher(service, st_data).run(stop_event)
