@@ -7,6 +7,7 @@ process serves until it is terminated.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -21,7 +22,10 @@ def main(argv: list[str]) -> int:
     params.n_ctx = int(opts["n_ctx"])
     params.n_parallel = int(opts["n_parallel"])
     params.kv_unified = bool(opts["kv_unified"])
-    params.slot_save_path = opts["slot_save_path"]
+    # llama-server's own flag parser adds the trailing separator; the server then joins the
+    # directory and the file name as plain strings, so without it saves land beside the folder.
+    save_path = opts["slot_save_path"]
+    params.slot_save_path = os.path.join(save_path, "") if save_path else ""
     params.endpoint_slots = True
     params.endpoint_metrics = True
     params.endpoint_props = True
