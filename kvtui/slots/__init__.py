@@ -1,1 +1,25 @@
-"""kvtui."""
+"""Slot bookkeeping: which character is in which llama-server slot, counters, persistence."""
+
+from __future__ import annotations
+
+from kvtui.slots.book import (
+    BOOK_VERSION,
+    Allocation,
+    AllSlotsProtected,
+    GenType,
+    SlotBook,
+    SlotBookError,
+    SlotRecord,
+    UnknownSlot,
+)
+
+__all__ = [
+    "BOOK_VERSION",
+    "AllSlotsProtected",
+    "Allocation",
+    "GenType",
+    "SlotBook",
+    "SlotBookError",
+    "SlotRecord",
+    "UnknownSlot",
+]
