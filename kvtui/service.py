@@ -295,6 +295,7 @@ class KvService:
         character: str | None = None,
         tag: str | None = None,
         autosave: bool = False,
+        track: bool = True,
     ) -> SaveOutcome:
         """Save one slot to a new file named by the seed's scheme; rotate when untagged.
 
@@ -343,10 +344,13 @@ class KvService:
                 saved_at=now,
             ),
         )
-        if record.chat != chat or record.character != character:
-            self.book.assign(slot, chat, character)
-        self.book.mark_saved(slot, filename, now)
-        self.book.set_tokens(slot, result.n_saved)
+        if track:
+            # A save names who is in the slot; the book follows (an eviction's farewell save
+            # passes track=False: the book already holds the newcomer).
+            if record.chat != chat or record.character != character:
+                self.book.assign(slot, chat, character)
+            self.book.mark_saved(slot, filename, now)
+            self.book.set_tokens(slot, result.n_saved)
         rotated: list[str] = []
         if tag is None:
             rotated = store.rotate(chat, character, keep=self.settings.max_autosaves)
@@ -461,7 +465,11 @@ class KvService:
         if record.usage >= 1 and record.chat and record.character and self.store is not None:
             try:
                 saved = await self.save_slot(
-                    record.slot, chat=record.chat, character=record.character, autosave=True
+                    record.slot,
+                    chat=record.chat,
+                    character=record.character,
+                    autosave=True,
+                    track=False,
                 )
             except (ServiceError, LlamaError) as err:
                 self.events.error(
@@ -538,7 +546,6 @@ class KvService:
                 if allocation.evicted is not None and allocation.evicted.character:
                     evicted_character = allocation.evicted.character
                     evicted = await self._evict(allocation.evicted)
-                    self.book.assign(slot, chat, character)
             restored: LoadOutcome | None = None
             record = self.book.record(slot)
             if not record.autoload_done:
@@ -650,6 +657,32 @@ class KvService:
                 f"cleared {props.total_slots} slots, placed {placed}.",
             )
             return saved
+
+    # -- settings (added for the dashboard's settings form) ----------------------------------
+
+    async def apply_settings(self, settings: Settings) -> None:
+        """Use ``settings`` from now on, without a restart.
+
+        A new server URL, API key or save directory gets a new client and store (the server is
+        read again on the next poll); a new state directory gets the book written there.
+        """
+        old, self.settings = self.settings, settings
+        if (settings.server_url, settings.api_key, settings.save_dir) != (
+            old.server_url,
+            old.api_key,
+            old.save_dir,
+        ):
+            old_client = self.client
+            self.client = LlamaClient(
+                settings.server_url, api_key=settings.api_key, save_dir=settings.save_dir
+            )
+            self.store = SaveStore(settings.save_dir) if settings.save_dir else None
+            self.props = None
+            self.state = ConnectionState.UNKNOWN
+            self._last_task_ids.clear()
+            await old_client.aclose()
+        if settings.state_dir != old.state_dir:
+            self.persist()
 
 
 def _same(a: str, b: str) -> bool:
