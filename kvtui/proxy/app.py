@@ -449,6 +449,8 @@ class ProxyApp:
                     if observer is not None:
                         observer.feed(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    # Let the server notice a client that went away before the next write.
+                    await asyncio.sleep(0)
             except httpx.HTTPError as err:
                 # Headers are gone already: end without completing, so the client sees a cut.
                 self.service.events.error(
