@@ -101,9 +101,18 @@ async def complete(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str,
     return sse_events(raw)[-1]
 
 
-def slot_tokens(server: EmbeddedServer) -> dict[int, int]:
-    resp = httpx.get(f"{server.url}/slots", timeout=30)
-    return {s["id"]: int(s.get("n_prompt_tokens", 0)) for s in resp.json()}
+async def server_call(server: EmbeddedServer, method: str, path: str) -> Any:
+    """Ask llama-server itself (not through the proxy)."""
+    async with httpx.AsyncClient(timeout=60) as direct:
+        body: dict[str, Any] | None = {} if method == "POST" else None
+        resp = await direct.request(method, server.url + path, json=body)
+        resp.raise_for_status()
+        return resp.json()
+
+
+async def slot_states(server: EmbeddedServer) -> list[dict[str, Any]]:
+    states: list[dict[str, Any]] = await server_call(server, "GET", "/slots")
+    return states
 
 
 def make_settings(server: EmbeddedServer, tmp_path: Path, **overrides: Any) -> Settings:
@@ -156,7 +165,7 @@ async def test_stream_passes_through_byte_for_byte(
             assert resp.headers["content-type"] == "text/event-stream"
             via_proxy = b"".join([chunk async for chunk in resp.aiter_raw()])
     slot = sse_events(via_proxy)[-1]["id_slot"]
-    httpx.post(f"{clean_server.url}/slots/{slot}?action=erase", timeout=30)
+    await server_call(clean_server, "POST", f"/slots/{slot}?action=erase")
     direct_body = dict(body, id_slot=slot, cache_prompt=True)
     async with (
         httpx.AsyncClient(timeout=120) as direct,
@@ -192,7 +201,7 @@ async def test_cancelling_a_stream_frees_the_slot(
         slot = service.book.find("solo", "Seraphina")
         assert slot is not None
         for _ in range(100):
-            state = httpx.get(f"{clean_server.url}/slots", timeout=30).json()[slot]
+            state = (await slot_states(clean_server))[slot]
             if not state["is_processing"]:
                 break
             await asyncio.sleep(0.05)
@@ -206,9 +215,8 @@ async def test_cancelling_a_stream_frees_the_slot(
 
 async def test_malformed_json_is_a_clear_400(clean_server: EmbeddedServer, tmp_path: Path) -> None:
     async with running_proxy(make_settings(clean_server, tmp_path)) as (_, _, client):
-        resp = await client.post(
-            "/completion", content=b'{"prompt": "hi", ', headers={"content-type": "application/json"}
-        )
+        headers = {"content-type": "application/json"}
+        resp = await client.post("/completion", content=b'{"prompt": "hi", ', headers=headers)
         assert resp.status_code == 400
         error = resp.json()["error"]
         assert error["type"] == "invalid_request_error"
