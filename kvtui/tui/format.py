@@ -1,0 +1,101 @@
+"""Pure formatting for the dashboard: how a slot row, a time or a size reads on screen.
+
+Kept apart from the widgets so it is unit-tested without a running app. Text that came from the
+server or from files (character and chat names, tags) is returned as ``rich.text.Text`` so that
+no widget ever parses it as markup.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.text import Text
+
+from kvtui.service import SlotRow
+
+DASH = "—"
+
+SLOT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("slot", "Slot"),
+    ("state", "State"),
+    ("character", "Character"),
+    ("chat", "Chat"),
+    ("tokens", "Tokens"),
+    ("usage", "Usage"),
+    ("autosave", "Next autosave"),
+    ("last_save", "Last save"),
+)
+"""The slot table's columns as (key, label), in display order."""
+
+
+def local_time(when: datetime | None, now: datetime | None = None) -> str:
+    """A save time in the local zone: ``HH:MM:SS`` today, ``YYYY-MM-DD HH:MM`` otherwise."""
+    if when is None:
+        return DASH
+    local = when.astimezone()
+    today = (now or datetime.now().astimezone()).astimezone().date()
+    if local.date() == today:
+        return f"{local:%H:%M:%S}"
+    return f"{local:%Y-%m-%d %H:%M}"
+
+
+def local_datetime(when: datetime) -> str:
+    """A full local date and time, as the load picker lists saves."""
+    return f"{when.astimezone():%Y-%m-%d %H:%M:%S}"
+
+
+def human_size(n_bytes: int | None) -> str:
+    """``3.1 MB``-style sizes (powers of 1024, one decimal above a kilobyte)."""
+    if n_bytes is None:
+        return DASH
+    size = float(n_bytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"  # pragma: no cover - the loop always returns
+
+
+def slot_state(row: SlotRow) -> Text:
+    """``idle``, or ``processing n/total`` while the server decodes in that slot."""
+    if not row.processing:
+        return Text("idle", style="dim")
+    decoded = row.n_decoded or 0
+    if row.n_remain is not None and row.n_remain >= 0:
+        return Text(f"processing {decoded}/{decoded + row.n_remain}", style="bold")
+    return Text(f"processing {decoded}", style="bold")
+
+
+def slot_tokens(row: SlotRow) -> str:
+    if row.tokens is None:
+        return f"{DASH} / {row.n_ctx}" if row.n_ctx else DASH
+    return f"{row.tokens} / {row.n_ctx}" if row.n_ctx else str(row.tokens)
+
+
+def slot_autosave(row: SlotRow) -> str:
+    """Messages until the character's next autosave (the seed's header indicator)."""
+    if row.character is None:
+        return DASH
+    if row.messages_until_save is None:
+        return "off"
+    n = max(row.messages_until_save, 0)
+    return f"in {n} message" if n == 1 else f"in {n} messages"
+
+
+def plain(value: str | None) -> Text:
+    """Untrusted text (a name from a file or the server), never read as markup."""
+    return Text(value) if value else Text(DASH, style="dim")
+
+
+def slot_cells(row: SlotRow, now: datetime | None = None) -> dict[str, str | Text]:
+    """Every cell of one slot row, keyed by column key."""
+    return {
+        "slot": str(row.slot),
+        "state": slot_state(row),
+        "character": plain(row.character),
+        "chat": plain(row.chat),
+        "tokens": slot_tokens(row),
+        "usage": str(row.usage) if row.character else DASH,
+        "autosave": slot_autosave(row),
+        "last_save": local_time(row.last_save_at, now),
+    }

@@ -1,0 +1,81 @@
+"""Reading what the dialogs offer: saves for the picker, names for the assign dialog.
+
+Plain blocking functions with no Textual in them; the dashboard runs them in a thread worker.
+They read the save directory and (when ``st_dir`` is set) the SillyTavern data directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvtui.service import KvService
+from kvtui.sillytavern.data import SillyTavernData
+from kvtui.store import SaveEntry
+
+
+@dataclass(frozen=True)
+class AssignSuggestions:
+    """Names offered while typing. ``members`` maps a chat to the characters in it."""
+
+    chats: tuple[str, ...] = ()
+    characters: tuple[str, ...] = ()
+    members: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def characters_for(self, chat: str) -> tuple[str, ...]:
+        """The chat's members when the chat is known, else every known character."""
+        return self.members.get(chat.strip()) or self.characters
+
+
+@dataclass(frozen=True)
+class PickerData:
+    entries: Sequence[SaveEntry]
+    current_chat: str | None
+
+
+def _unique(names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name for name in names if name))
+
+
+def sillytavern_active_chat(st_dir: Path | None) -> str | None:
+    """The chat the user is in on SillyTavern (its most recently written chat file)."""
+    if st_dir is None:
+        return None
+    ref = SillyTavernData(st_dir).active_chat()
+    return ref.chat_id if ref is not None else None
+
+
+def current_chat(service: KvService) -> str | None:
+    """The chat kvtui is serving (the proxy's), else SillyTavern's active chat."""
+    return service.current_chat or sillytavern_active_chat(service.settings.st_dir)
+
+
+def picker_data(service: KvService, fallback_chat: str | None = None) -> PickerData:
+    """Every save in the directory, and the chat to list first."""
+    store = service.require_store()
+    store.rescan()
+    return PickerData(store.entries(), current_chat(service) or fallback_chat)
+
+
+def assign_suggestions(service: KvService, max_chats: int = 200) -> AssignSuggestions:
+    """Chats and characters from SillyTavern (newest chats first), then from the saves."""
+    chats: list[str] = []
+    characters: list[str] = []
+    members: dict[str, tuple[str, ...]] = {}
+    st_dir = service.settings.st_dir
+    if st_dir is not None and st_dir.is_dir():
+        data = SillyTavernData(st_dir)
+        for ref in data.chats()[:max_chats]:
+            chats.append(ref.chat_id)
+            members[ref.chat_id] = _unique([m.name for m in data.members(ref)])
+        characters += [card.name for card in data.characters()]
+    if service.store is not None:
+        for entry in service.store.entries():
+            chats.append(entry.chat)
+            characters.append(entry.character)
+    for row in service.book.snapshot():
+        if row.chat and row.character:
+            chats.append(row.chat)
+            characters.append(row.character)
+    return AssignSuggestions(_unique(chats), _unique(characters), members)

@@ -1,0 +1,242 @@
+"""The live view under the dashboard: server header, slot table, event log, job plumbing.
+
+The table is refreshed by a single poll worker that re-arms its own timer when it finishes, so
+polls never overlap; while the server is unreachable the delay backs off. Actions (in
+``dashboard.py``) run as workers in the ``job`` group, one at a time: each shows what it is
+doing in the activity line and reports once. Every worker's failure lands in
+``on_worker_state_changed``, the one place errors are handled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Footer, Label, LoadingIndicator
+from textual.worker import Worker, WorkerState
+
+from kvtui.events import Event, Kind, Level
+from kvtui.service import ConnectionState, KvService, SlotRow, Snapshot
+from kvtui.settings import Settings
+from kvtui.tui.errors import report_worker_error
+from kvtui.tui.reports import Report
+from kvtui.tui.widgets.event_log import EventLogPanel
+from kvtui.tui.widgets.server_info import Retry, ServerInfo
+from kvtui.tui.widgets.slot_table import SlotTable
+
+MAX_RETRY_DELAY = 15.0
+"""Longest wait between polls of an unreachable server, in seconds."""
+
+EVENT_TOASTS = {
+    Kind.SAVE,
+    Kind.AUTOSAVE,
+    Kind.LOAD,
+    Kind.AUTOLOAD,
+    Kind.EVICT,
+    Kind.ROTATE,
+    Kind.ERASE,
+    Kind.CHAT_SWITCH,
+}
+"""Event kinds that raise a toast (warnings and errors always do)."""
+
+
+def retry_delay(interval: float, failures: int) -> float:
+    """The poll interval, doubled per consecutive failure, capped at ``MAX_RETRY_DELAY``."""
+    if failures <= 0:
+        return interval
+    return min(interval * 2.0 ** (failures - 1), max(MAX_RETRY_DELAY, interval))
+
+
+@dataclass
+class ServiceEvent(Message):
+    """An event from the service's event log, delivered on the UI's message queue."""
+
+    event: Event
+
+
+class LiveScreen(Screen[None]):
+    """Shows the service's state as it changes. ``service`` is owned by the App."""
+
+    def __init__(self, service: KvService, *, config_path: Path | None = None) -> None:
+        super().__init__()
+        self.service = service
+        self.config_path = config_path
+        self.snapshot: Snapshot | None = None
+        self._failures = 0
+        self._poll_error: str | None = None
+        self._poll_timer: Timer | None = None
+        self._unsubscribe: list[object] = []
+        self._job: str | None = None
+        self.covered_kinds: frozenset[Kind] = frozenset()
+        """Event kinds the running job reports itself (no toast per event meanwhile)."""
+
+    @property
+    def settings(self) -> Settings:
+        return self.service.settings
+
+    def compose(self) -> ComposeResult:
+        yield ServerInfo(id="server-info")
+        yield SlotTable(id="slots")
+        with Horizontal(id="activity"):
+            yield LoadingIndicator(id="activity-spinner")
+            yield Label("", id="activity-text", markup=False)
+        yield EventLogPanel(id="events")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(EventLogPanel).border_title = "Events"
+        self.query_one(SlotTable).border_title = "Slots"
+        self.query_one("#activity").display = False
+        self.query_one(ServerInfo).show(self.service.snapshot())
+        for event in self.service.events.recent(50):
+            self.query_one(EventLogPanel).add_event(event)
+        self._unsubscribe.append(self.service.events.subscribe(self._relay_service_event))
+        self.query_one(SlotTable).focus()
+        self.poll()
+
+    def _relay_service_event(self, event: Event) -> None:
+        # Subscribers run inside the service's call; hand the event to the UI's queue instead.
+        self.post_message(ServiceEvent(event))
+
+    def on_unmount(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            if callable(unsubscribe):
+                unsubscribe()
+        self._unsubscribe.clear()
+        if self._poll_timer is not None:
+            self._poll_timer.stop()
+
+    # -- polling -----------------------------------------------------------------------------
+
+    @work(exclusive=True, group="poll", exit_on_error=False, description="Polling llama-server")
+    async def poll(self) -> None:
+        """Poll once and re-arm the timer; a newer poll (``r``) cancels this one."""
+        try:
+            self.show_snapshot(await self.service.refresh())
+            self._poll_error = None
+        except Exception as err:
+            # refresh() reports server trouble in the snapshot; this is a bug. Show it once,
+            # not once per poll, and keep polling with backoff.
+            self._failures += 1
+            if repr(err) != self._poll_error:
+                self._poll_error = repr(err)
+                raise
+        finally:
+            self._schedule_poll()
+
+    def _schedule_poll(self) -> None:
+        if self._poll_timer is not None:
+            self._poll_timer.stop()
+        if self.is_attached:
+            delay = retry_delay(self.settings.poll_interval, self._failures)
+            self._poll_timer = self.set_timer(delay, self.poll)
+
+    def show_snapshot(self, snapshot: Snapshot) -> None:
+        """Show one poll's result: the header, then the table updated in place."""
+        self.snapshot = snapshot
+        healthy = snapshot.state is ConnectionState.CONNECTED
+        self._failures = 0 if healthy else self._failures + 1
+        retry = None
+        if not healthy:
+            retry = Retry(self._failures, retry_delay(self.settings.poll_interval, self._failures))
+        self.query_one(ServerInfo).show(snapshot, retry)
+        self.query_one(SlotTable).show_rows(snapshot.rows)
+
+    # -- events, activity and errors ---------------------------------------------------------
+
+    @on(ServiceEvent)
+    def _service_event(self, message: ServiceEvent) -> None:
+        event = message.event
+        self.query_one(EventLogPanel).add_event(event)
+        if not self.settings.notifications or event.kind in self.covered_kinds:
+            return
+        if event.level is not Level.INFO or event.kind in EVENT_TOASTS:
+            severity = {Level.INFO: "information", Level.WARNING: "warning"}.get(
+                event.level, "error"
+            )
+            self.notify(
+                event.message,
+                title=event.kind.value,
+                severity=severity,  # type: ignore[arg-type]
+                markup=False,
+            )
+
+    @contextmanager
+    def busy(self, text: str) -> Iterator[None]:
+        """Show ``text`` with a spinner while the block runs."""
+        activity = self.query_one("#activity")
+        self.query_one("#activity-text", Label).update(text)
+        activity.display = True
+        try:
+            yield
+        finally:
+            activity.display = False
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Every worker of this screen reports here: the one place errors are handled."""
+        if event.state is not WorkerState.ERROR:
+            return
+        message = report_worker_error(self.app, event.worker)
+        self.query_one(EventLogPanel).add_event(
+            Event(kind=Kind.ERROR, message=message, level=Level.ERROR)
+        )
+
+    # -- jobs: one at a time, each reporting once ---------------------------------------------
+
+    def claim(self, name: str) -> bool:
+        """Reserve the job slot for ``name``; tell the user and refuse when one is running."""
+        if self._job is not None:
+            self.notify(f"Still busy: {self._job}. Try again when it finishes.", severity="warning")
+            return False
+        self._job = name
+        return True
+
+    @contextmanager
+    def job(self, covers: frozenset[Kind] = frozenset()) -> Iterator[None]:
+        """The body of a job worker: release the job slot and poll when it ends."""
+        self.covered_kinds = covers
+        try:
+            yield
+        finally:
+            self.covered_kinds = frozenset()
+            self._job = None
+            if self.is_attached:
+                self.poll()
+
+    def report(self, report: Report) -> None:
+        """A job's result as one toast (failures always; successes when notifications are on)."""
+        if self.settings.notifications or report.severity != "information":
+            self.notify(report.message, title=report.title, severity=report.severity, markup=False)
+
+    @property
+    def rows(self) -> tuple[SlotRow, ...]:
+        """The slot rows of the latest poll."""
+        return self.snapshot.rows if self.snapshot else ()
+
+    def selected_chat(self) -> str | None:
+        """The chat of the slot under the cursor, if it has one."""
+        slot = self.query_one(SlotTable).selected_slot
+        return next((row.chat for row in self.rows if row.slot == slot), None)
+
+    def selected_row(self, *, need_character: bool = False) -> SlotRow | None:
+        """The slot under the cursor, explaining why not when there is none."""
+        table = self.query_one(SlotTable)
+        slot = table.selected_slot
+        row = next((row for row in self.rows if row.slot == slot), None)
+        if row is None:
+            self.notify("No slot selected (the server has not answered yet).", severity="warning")
+            return None
+        if need_character and not row.character:
+            self.notify(
+                f"Slot {row.slot} has no character. Assign one with c first.", severity="warning"
+            )
+            return None
+        return row

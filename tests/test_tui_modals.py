@@ -1,0 +1,145 @@
+"""Each dialog alone, in a throwaway host app: keys in, the dismissed value out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual.app import App
+from textual.screen import Screen
+from textual.widgets import Input, Label, Static
+
+import kvtui.tui
+from kvtui.settings import Settings
+from kvtui.tui.lookups import AssignSuggestions
+from kvtui.tui.screens.assign_dialog import AssignDialog, Assignment
+from kvtui.tui.screens.confirm import ConfirmModal
+from kvtui.tui.screens.help import HelpScreen
+from kvtui.tui.screens.settings_form import SettingsScreen
+from kvtui.tui.screens.tag_dialog import TagDialog
+
+CSS = Path(kvtui.tui.__file__).parent / "kvtui.tcss"
+
+
+class Host(App[None]):
+    CSS_PATH = CSS
+
+
+async def run_modal(screen: Screen[Any], *keys: str) -> tuple[Host, list[Any]]:
+    """Push ``screen`` on a host app, press ``keys``, return what it dismissed with."""
+    app = Host()
+    results: list[Any] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.push_screen(screen, results.append)
+        await pilot.pause()
+        await pilot.press(*keys)
+        await pilot.pause()
+    return app, results
+
+
+async def test_confirm_yes_no_escape() -> None:
+    assert (await run_modal(ConfirmModal("Erase", "Erase slot 1?"), "y"))[1] == [True]
+    assert (await run_modal(ConfirmModal("Erase", "Erase slot 1?"), "n"))[1] == [False]
+    assert (await run_modal(ConfirmModal("Erase", "Erase slot 1?"), "escape"))[1] == [False]
+    # The focused button is "No": enter must not erase anything.
+    assert (await run_modal(ConfirmModal("Erase", "Erase slot 1?"), "enter"))[1] == [False]
+
+
+async def test_tag_dialog_returns_the_tag_and_refuses_an_empty_one() -> None:
+    app = Host()
+    results: list[str | None] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        dialog = TagDialog(["Seraphina", "Kael"])
+        app.push_screen(dialog, results.append)
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert results == []
+        assert "at least one letter" in str(dialog.query_one("#tag-error", Label).content)
+        await pilot.press(*"конец главы 1")
+        await pilot.pause()
+        preview = str(dialog.query_one("#tag-preview", Static).content)
+        assert "конец_главы_1" in preview and "Seraphina, Kael" in preview
+        await pilot.press("enter")
+        await pilot.pause()
+    assert results == ["конец главы 1"]
+    assert (await run_modal(TagDialog(), "a", "escape"))[1] == [None]
+
+
+async def test_assign_dialog_completes_chat_and_member_names() -> None:
+    suggestions = AssignSuggestions(
+        chats=("Seraphina - 2026", "Forest Party chat"),
+        characters=("Brann", "Kael", "Mira", "Seraphina"),
+        members={"Forest Party chat": ("Seraphina", "Kael", "Mira", "Brann")},
+    )
+    app = Host()
+    results: list[Assignment | None] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        dialog = AssignDialog(3, suggestions=suggestions)
+        app.push_screen(dialog, results.append)
+        await pilot.pause()
+        await pilot.press("enter", "enter")  # submitting empty fields explains what is missing
+        await pilot.pause()
+        assert "Give a chat and a character" in str(
+            dialog.query_one("#assign-error", Label).content
+        )
+        dialog.query_one("#chat", Input).focus()
+        await pilot.press(*"fo")
+        await pilot.pause()
+        await pilot.press("right", "enter")  # accept the suggestion, go to the character
+        await pilot.pause()
+        assert dialog.query_one("#chat", Input).value == "Forest Party chat"
+        assert "In this chat: Seraphina, Kael, Mira, Brann" in str(
+            dialog.query_one("#assign-hint", Label).content
+        )
+        await pilot.press("k")
+        await pilot.pause()
+        await pilot.press("right", "enter")
+        await pilot.pause()
+    assert results == [Assignment(3, "Forest Party chat", "Kael")]
+    _, cancelled = await run_modal(AssignDialog(0, chat="c", character="x"), "escape")
+    assert cancelled == [None]
+
+
+async def test_settings_form_validates_inline_and_returns_new_settings() -> None:
+    settings = Settings.model_construct(state_dir=Path("/var/lib/kvtui"))
+    app = Host()
+    results: list[Settings | None] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        form = SettingsScreen(settings)
+        app.push_screen(form, results.append)
+        await pilot.pause()
+        poll = form.query_one("#field-poll_interval", Input)
+        poll.value = "0"
+        await pilot.pause()
+        error = form.query_one("#error-poll_interval", Label)
+        assert "greater than or equal to 0.1" in str(error.content)
+        assert form.query_one("#setting-poll_interval").has_class("invalid")
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert results == [] and form.focused is poll
+        poll.value = "2.5"
+        form.query_one("#field-keymap", Input).value = "save_slot=ctrl+s"
+        form.query_one("#field-notifications").toggle()  # type: ignore[attr-defined]
+        await pilot.pause()
+        assert str(error.content) == ""
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+    [new] = results
+    assert new is not None and new is not settings
+    assert new.poll_interval == 2.5 and new.notifications is False
+    assert new.keymap == {"save_slot": "ctrl+s"}
+    assert settings.poll_interval == 1.0  # the old settings object is untouched
+    assert (await run_modal(SettingsScreen(settings), "escape"))[1] == [None]
+
+
+async def test_help_lists_ids_and_keys() -> None:
+    app = Host()
+    async with app.run_test(size=(120, 40)) as pilot:
+        help_screen = HelpScreen([("save_slot", "s", "Save slot", "Save the selected slot.")])
+        app.push_screen(help_screen)
+        await pilot.pause()
+        assert app.screen is help_screen
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is not help_screen
