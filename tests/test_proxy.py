@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,21 @@ async def complete(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str,
     return sse_events(raw)[-1]
 
 
+@dataclass
+class Harness:
+    """A running proxy, its service, and a client for it."""
+
+    proxy: ProxyServer
+    service: KvService
+    client: httpx.AsyncClient
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A generation through the proxy, once kvtui's bookkeeping of it is done too."""
+        result = await complete(self.client, body)
+        await self.proxy.app.settled()
+        return result
+
+
 async def server_call(server: EmbeddedServer, method: str, path: str) -> Any:
     """Ask llama-server itself (not through the proxy)."""
     async with httpx.AsyncClient(timeout=60) as direct:
@@ -136,14 +152,14 @@ def isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @asynccontextmanager
 async def running_proxy(
     settings: Settings, st_data: SillyTavernData | None = None
-) -> AsyncIterator[tuple[ProxyServer, KvService, httpx.AsyncClient]]:
+) -> AsyncIterator[Harness]:
     """The proxy on a free loopback port in the test's event loop, with a client for it."""
     service = KvService(settings)
     proxy = ProxyServer(service, settings, st_data, host="127.0.0.1", port=0)
     await proxy.start()
     client = httpx.AsyncClient(base_url=proxy.url, timeout=120)
     try:
-        yield proxy, service, client
+        yield Harness(proxy, service, client)
     finally:
         await client.aclose()
         await proxy.stop()
@@ -159,7 +175,8 @@ async def test_stream_passes_through_byte_for_byte(
 ) -> None:
     body = st_body(st_prompt("Seraphina", [(USER, "Hi! Where am I?")]), [f"\n{USER}:"])
     body.update(stream=True, n_predict=24, ignore_eos=True)
-    async with running_proxy(make_settings(clean_server, tmp_path)) as (_, service, client):
+    async with running_proxy(make_settings(clean_server, tmp_path)) as h:
+        service, client = h.service, h.client
         service.current_chat = "solo"
         async with client.stream("POST", "/completion", json=body) as resp:
             assert resp.headers["content-type"] == "text/event-stream"
@@ -190,7 +207,8 @@ async def test_cancelling_a_stream_frees_the_slot(
     body = st_body(prompt, [], stream=True, n_predict=n_predict)
     # Token probabilities make every event big, so the tiny model takes a second or more.
     body.update(ignore_eos=True, n_probs=100)
-    async with running_proxy(make_settings(clean_server, tmp_path)) as (_, service, client):
+    async with running_proxy(make_settings(clean_server, tmp_path)) as h:
+        service, client = h.service, h.client
         service.current_chat = "solo"
         async with client.stream("POST", "/completion", json=body) as resp:
             seen = 0
@@ -214,7 +232,8 @@ async def test_cancelling_a_stream_frees_the_slot(
 
 
 async def test_malformed_json_is_a_clear_400(clean_server: EmbeddedServer, tmp_path: Path) -> None:
-    async with running_proxy(make_settings(clean_server, tmp_path)) as (_, _, client):
+    async with running_proxy(make_settings(clean_server, tmp_path)) as h:
+        client = h.client
         headers = {"content-type": "application/json"}
         resp = await client.post("/completion", content=b'{"prompt": "hi", ', headers=headers)
         assert resp.status_code == 400
@@ -229,7 +248,8 @@ async def test_malformed_json_is_a_clear_400(clean_server: EmbeddedServer, tmp_p
 async def test_unknown_routes_and_other_endpoints_are_forwarded(
     clean_server: EmbeddedServer, tmp_path: Path
 ) -> None:
-    async with running_proxy(make_settings(clean_server, tmp_path)) as (_, _, client):
+    async with running_proxy(make_settings(clean_server, tmp_path)) as h:
+        client = h.client
         resp = await client.get("/no/such/route?x=1")
         assert resp.status_code == 404  # llama-server's own answer
         assert resp.json()["error"]["type"] == "not_found_error"
@@ -252,7 +272,8 @@ async def test_unreachable_server_is_a_502_and_the_proxy_keeps_running(
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     settings = make_settings(clean_server, tmp_path).model_copy(update={"server_url": dead})
-    async with running_proxy(settings) as (proxy, service, client):
+    async with running_proxy(settings) as h:
+        proxy, service, client = h.proxy, h.service, h.client
         service.current_chat = "solo"
         for _ in range(2):
             resp = await client.post("/completion", json=st_body("Hi\nSeraphina:", []))
@@ -270,7 +291,8 @@ async def test_unreachable_server_is_a_502_and_the_proxy_keeps_running(
 async def test_explicit_identity_is_stripped_and_routes(
     clean_server: EmbeddedServer, tmp_path: Path
 ) -> None:
-    async with running_proxy(make_settings(clean_server, tmp_path)) as (_, service, client):
+    async with running_proxy(make_settings(clean_server, tmp_path)) as h:
+        service, client = h.service, h.client
         body = st_body("Some prompt without a name tail.", [])
         body["kvtui"] = {"chat_id": "Chat №1", "name": "Мира"}
         result = await complete(client, body)

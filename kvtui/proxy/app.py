@@ -89,18 +89,27 @@ class ReplyObserver:
 
     For streams it splits Server-Sent Events and keeps the last JSON event that carries
     ``timings`` (llama-server's final event) and the generated text; for plain replies it keeps
-    the body (bounded) and parses it at the end.
+    the body (bounded) and parses it at the end. ``on_end`` is called once, before the chunk
+    that lets the client see the reply is complete (the final event, or a plain reply's body)
+    is passed on.
     """
 
-    def __init__(self, streaming: bool) -> None:
+    def __init__(self, streaming: bool, on_end: Callable[[], None] | None = None) -> None:
         self.streaming = streaming
         self._buffer = bytearray()
         self._overflow = False
+        self._on_end = on_end
         self.final: dict[str, Any] | None = None
         self.text_parts: list[str] = []
 
+    def _ending(self) -> None:
+        if self._on_end is not None:
+            callback, self._on_end = self._on_end, None
+            callback()
+
     def feed(self, chunk: bytes) -> None:
         if not self.streaming:
+            self._ending()
             if len(self._buffer) + len(chunk) > _MAX_JSON_BODY:
                 self._overflow = True
             else:
@@ -134,6 +143,7 @@ class ReplyObserver:
             self.text_parts.append(text)
         if "timings" in obj or obj.get("stop") is True:
             self.final = obj
+            self._ending()
 
     def finish(self) -> None:
         if self.streaming:
@@ -318,6 +328,7 @@ class ProxyApp:
             timeout=httpx.Timeout(10.0, read=None, write=60.0, pool=None)
         )
         self._turns: dict[tuple[str, str], TurnMemory | None] = {}
+        self._settling: set[asyncio.Future[None]] = set()
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -372,10 +383,33 @@ class ProxyApp:
             return
         routed, forwarded = await self._route(scope, data)
         payload = json.dumps(forwarded, ensure_ascii=False).encode()
-        observer = ReplyObserver(streaming=False)
-        outcome = await self._forward(receive, send, method, target, headers, payload, observer)
-        if routed is not None:
-            await self._finish(routed, observer, outcome)
+        settling: list[asyncio.Future[None]] = []
+
+        def begin_settling() -> None:
+            if not settling:
+                settling.append(asyncio.get_running_loop().create_future())
+                self._settling.add(settling[0])
+
+        observer = ReplyObserver(streaming=False, on_end=begin_settling)
+        try:
+            outcome = await self._forward(receive, send, method, target, headers, payload, observer)
+            begin_settling()
+            if routed is not None:
+                await self._finish(routed, observer, outcome)
+        finally:
+            for future in settling:
+                future.set_result(None)
+                self._settling.discard(future)
+
+    async def settled(self) -> None:
+        """Wait until the bookkeeping of every reply the client has seen end is done.
+
+        The client gets the end of a reply before kvtui counts it and autosaves (a save of a
+        big cache takes seconds; the user should not wait for it). The next routing waits for
+        that, so a group's next speaker never evicts a slot whose reply is still being booked.
+        """
+        while self._settling:
+            await asyncio.wait(set(self._settling))
 
     # -- forwarding ------------------------------------------------------------------------
 
@@ -508,6 +542,8 @@ class ProxyApp:
     ) -> tuple[_Routed | None, dict[str, Any]]:
         """Identify, classify and route a generation; returns what to forward. Never raises:
         if kvtui's own routing fails the request still goes through (logged)."""
+        await self.settled()
+        await self._refresh()
         try:
             chat, members, users = await self._chat_context()
             identity, forwarded = infer_identity(
@@ -581,6 +617,15 @@ class ProxyApp:
             self.service.events.error(
                 Kind.AUTOSAVE, f"Bookkeeping after a reply in slot {routed.slot} failed: {err}"
             )
+        await self._refresh()
+
+    async def _refresh(self) -> None:
+        """Poll ``/slots`` around each generation: a restarted llama-server (its task ids start
+        again) is noticed before routing, so caches it lost are restored, not assumed."""
+        try:
+            await self.service.refresh()
+        except Exception as err:
+            self.service.events.error(Kind.CONNECTION, f"Could not poll llama-server: {err!r}")
 
 
 def make_proxy_app(
