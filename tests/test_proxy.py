@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import stat
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -350,3 +352,72 @@ def test_recorder_ignores_damaged_files(recorder: PromptRecorder) -> None:
     assert recorder.last("chat", "Kael") is None
     recorder.record("chat", "Kael", "again", {})
     assert recorder.last("chat", "Kael") == "again"
+
+
+# -- kvtui proxy, the headless command -------------------------------------------------------
+
+
+async def start_cli_proxy(
+    server: EmbeddedServer, tmp_path: Path, listen: str, *extra: str
+) -> asyncio.subprocess.Process:
+    env = dict(os.environ)
+    env["KVTUI_CONFIG"] = str(tmp_path / "config.toml")
+    env["KVTUI_STATE_DIR"] = str(tmp_path / "cli-state")
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "kvtui.cli",
+        "proxy",
+        "--listen",
+        listen,
+        "--server",
+        server.url,
+        "--save-dir",
+        str(server.save_dir),
+        *extra,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_kvtui_proxy_command_serves_until_ctrl_c(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    port = free_port()
+    proc = await start_cli_proxy(clean_server, tmp_path, f"127.0.0.1:{port}")
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        banner = b""
+        while b"Press Ctrl-C" not in banner:
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+            assert line, (banner + await proc.stderr.read()).decode()
+            banner += line
+        assert f"API URL = http://127.0.0.1:{port}".encode() in banner
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            prompt = st_prompt("Seraphina", [(USER, "Hello!")])
+            result = await complete(client, st_body(prompt, [f"\n{USER}:"]))
+            assert result["stop"] is True
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    log = out.decode()
+    assert "[route] Seraphina (unknown) → slot" in log
+    assert "Stopping" in log and "Traceback" not in err.decode()
+
+
+async def test_kvtui_proxy_command_port_taken(clean_server: EmbeddedServer, tmp_path: Path) -> None:
+    taken = bind_socket("127.0.0.1", 0)
+    try:
+        port = taken.getsockname()[1]
+        proc = await start_cli_proxy(clean_server, tmp_path, f"127.0.0.1:{port}")
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    finally:
+        taken.close()
+    assert proc.returncode == 1
+    assert f"Port {port} on 127.0.0.1 is already in use" in err.decode()
+    assert "Traceback" not in err.decode()

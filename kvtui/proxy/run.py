@@ -15,11 +15,12 @@ import errno
 import signal
 import socket
 import sys
-from collections.abc import Generator
+from collections.abc import Coroutine, Generator
+from typing import Any
 
 import uvicorn
 
-from kvtui.events import Event, Level
+from kvtui.events import Event, Kind, Level
 from kvtui.proxy.app import ProxyApp, make_proxy_app
 from kvtui.proxy.recorder import PromptRecorder
 from kvtui.service import KvService
@@ -152,10 +153,19 @@ def _print_event(event: Event) -> None:
 
 
 async def _poll(service: KvService, stop: asyncio.Event) -> None:
+    """Poll ``/slots`` so connection changes and server restarts show up in the log."""
     while not stop.is_set():
         await service.refresh()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=service.settings.poll_interval)
+
+
+async def _logged(what: str, service: KvService, job: Coroutine[Any, Any, None]) -> None:
+    """Run a background job; a crash is reported in the event log instead of vanishing."""
+    try:
+        await job
+    except Exception as err:
+        service.events.error(Kind.ERROR, f"The {what} stopped: {err!r}")
 
 
 async def run_proxy_forever(settings: Settings) -> int:
@@ -189,9 +199,10 @@ async def run_proxy_forever(settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(_poll(service, stop), name="kvtui-poll")]
+    tasks = [asyncio.create_task(_logged("slot poll", service, _poll(service, stop)))]
     if proxy.watcher is not None:
-        tasks.append(asyncio.create_task(proxy.watcher.run(stop), name="kvtui-chat-watcher"))
+        watch = proxy.watcher.run(stop)
+        tasks.append(asyncio.create_task(_logged("chat-switch watcher", service, watch)))
     try:
         await stop.wait()
     except asyncio.CancelledError:  # KeyboardInterrupt delivered as a cancellation
@@ -203,7 +214,7 @@ async def run_proxy_forever(settings: Settings) -> int:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
         for task in tasks:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=3)
         await proxy.stop()
         unsubscribe()
