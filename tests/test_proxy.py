@@ -421,3 +421,25 @@ async def test_kvtui_proxy_command_port_taken(clean_server: EmbeddedServer, tmp_
     assert proc.returncode == 1
     assert f"Port {port} on 127.0.0.1 is already in use" in err.decode()
     assert "Traceback" not in err.decode()
+
+
+async def test_api_key_is_forwarded_or_replaced(tmp_path: Path) -> None:
+    server = EmbeddedServer(n_slots=1, n_ctx=512, api_key="sekrit")
+    await asyncio.to_thread(server.start)
+    try:
+        async with httpx.AsyncClient(timeout=60) as direct:
+            assert (await direct.get(f"{server.url}/slots")).status_code == 401
+        base = Settings(server_url=server.url, state_dir=tmp_path / "state")
+        # Without a key in kvtui's settings, the client's own Authorization goes through.
+        async with running_proxy(base) as h:
+            assert (await h.client.get("/slots")).status_code == 401
+            auth = {"Authorization": "Bearer sekrit"}
+            assert (await h.client.get("/slots", headers=auth)).status_code == 200
+        # With settings.api_key, kvtui supplies it (and replaces a wrong one).
+        keyed = base.model_copy(update={"api_key": "sekrit"})
+        async with running_proxy(keyed) as h:
+            assert (await h.client.get("/slots")).status_code == 200
+            wrong = {"Authorization": "Bearer nope"}
+            assert (await h.client.get("/slots", headers=wrong)).status_code == 200
+    finally:
+        await asyncio.to_thread(server.stop)

@@ -218,3 +218,26 @@ async def test_after_a_server_restart_each_character_restores_its_latest_save(
         assert any("restarted" in m for m in events(service, Kind.CONNECTION))
         restored = events(service, Kind.AUTOLOAD)
         assert len(restored) == 2 and all("Restored" in m for m in restored)
+
+
+async def test_a_failed_restore_is_logged_and_the_request_goes_through(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    settings = make_settings(clean_server, tmp_path, autosave_every=100)
+    async with running_proxy(settings) as h:
+        service = h.service
+        service.current_chat = GROUP_CHAT
+        chat = GroupChat(h, ["Kael"])
+        await chat.speak("Kael")
+        slot = service.book.find(GROUP_CHAT, "Kael")
+        assert slot is not None
+        saved = await service.save_slot(slot)
+        await service.erase(slot)
+        # The save file is damaged on disk: llama-server refuses to restore it.
+        assert clean_server.save_dir is not None
+        (clean_server.save_dir / saved.filename).write_bytes(b"\0" * 4096)
+        chat.user_says("Kael, are you there?")
+        result = await chat.speak("Kael")
+        assert result["id_slot"] == service.book.find(GROUP_CHAT, "Kael")
+        assert result["timings"]["cache_n"] == 0
+        assert any("Could not restore Kael" in m for m in events(service, Kind.AUTOLOAD))
