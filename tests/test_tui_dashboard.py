@@ -114,6 +114,8 @@ async def test_assign_save_with_tag_erase_and_load_back(
         [saved] = files(save_dir, "Forest_Party_*_tag_важный_момент_character_Seraphina.bin")
         assert saved.stat().st_size > 0
         assert any("Seraphina (slot 0)" in t for t in toasts(messages))
+        # The job reports once; the service's own "Saved …" event is not toasted again.
+        assert not any(t.startswith("Saved Seraphina") for t in toasts(messages))
         await wait_until(pilot, lambda: cell(app, 0, "last_save") != "—", "last save time")
 
         # e: erase slot 0 (after confirming): the server's slot is empty, the file stays.
@@ -195,6 +197,7 @@ async def test_unreachable_server_is_shown_and_retried(tmp_path: Path) -> None:
         text = str(info.content)
         assert "unreachable, retrying" in text
         assert info.has_class("status-unreachable")
+        assert dashboard(app).query_one(SlotTable).has_class("stale")
         # Actions that need the server fail with a message, never a traceback.
         await pilot.press("x", "y")
         await settle(pilot)

@@ -7,7 +7,7 @@ from typing import Any
 
 from textual.app import App
 from textual.screen import Screen
-from textual.widgets import Input, Label, Static
+from textual.widgets import Input, Label, OptionList, Static
 
 import kvtui.tui
 from kvtui.settings import Settings
@@ -143,3 +143,40 @@ async def test_help_lists_ids_and_keys() -> None:
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is not help_screen
+
+
+async def test_assign_dialog_lists_chats_by_name_and_fills_the_id() -> None:
+    suggestions = AssignSuggestions(
+        chats=("2026-05-03@19h02m11s004ms", "Seraphina - 2026-05-03@18h45m46s123ms"),
+        characters=("Kael", "Seraphina"),
+        members={
+            "2026-05-03@19h02m11s004ms": ("Seraphina", "Kael"),
+            "Seraphina - 2026-05-03@18h45m46s123ms": ("Seraphina",),
+        },
+        titles={
+            "2026-05-03@19h02m11s004ms": "Forest Party",
+            "Seraphina - 2026-05-03@18h45m46s123ms": "Seraphina",
+        },
+    )
+    app = Host()
+    results: list[Assignment | None] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        dialog = AssignDialog(1, suggestions=suggestions)
+        app.push_screen(dialog, results.append)
+        await pilot.pause()
+        choices = dialog.query_one("#chat-choices", OptionList)
+        assert choices.option_count == 2
+        await pilot.press(*"forest")
+        await pilot.pause()
+        assert choices.option_count == 1
+        assert "Forest Party" in str(choices.get_option_at_index(0).prompt)
+        await pilot.press("down", "enter")  # into the list, pick the group chat
+        await pilot.pause()
+        assert dialog.query_one("#chat", Input).value == "2026-05-03@19h02m11s004ms"
+        assert not choices.display
+        await pilot.press(*"Kael", "enter")
+        await pilot.pause()
+    assert results == [Assignment(1, "2026-05-03@19h02m11s004ms", "Kael")]
+    # Typing a chat's name in full works too: it becomes the chat id.
+    assert suggestions.resolve_chat("forest party") == "2026-05-03@19h02m11s004ms"
+    assert suggestions.resolve_chat("a chat kvtui never saw") == "a chat kvtui never saw"

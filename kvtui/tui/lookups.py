@@ -22,10 +22,29 @@ class AssignSuggestions:
     chats: tuple[str, ...] = ()
     characters: tuple[str, ...] = ()
     members: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    titles: Mapping[str, str] = field(default_factory=dict)
+    """SillyTavern's name for a chat id: the group's name, or the 1:1 character's."""
 
     def characters_for(self, chat: str) -> tuple[str, ...]:
         """The chat's members when the chat is known, else every known character."""
         return self.members.get(chat.strip()) or self.characters
+
+    def matching_chats(self, typed: str) -> list[str]:
+        """Chat ids whose id or title contains ``typed`` (case-insensitive), in order."""
+        needle = typed.strip().casefold()
+        return [
+            chat
+            for chat in self.chats
+            if needle in chat.casefold() or needle in self.titles.get(chat, "").casefold()
+        ]
+
+    def resolve_chat(self, typed: str) -> str:
+        """A typed chat title (e.g. ``Forest Party``) as its chat id when unambiguous."""
+        typed = typed.strip()
+        if typed in self.chats:
+            return typed
+        ids = [c for c in self.chats if self.titles.get(c, "").casefold() == typed.casefold()]
+        return ids[0] if len(ids) == 1 else typed
 
 
 @dataclass(frozen=True)
@@ -63,11 +82,13 @@ def assign_suggestions(service: KvService, max_chats: int = 200) -> AssignSugges
     chats: list[str] = []
     characters: list[str] = []
     members: dict[str, tuple[str, ...]] = {}
+    titles: dict[str, str] = {}
     st_dir = service.settings.st_dir
     if st_dir is not None and st_dir.is_dir():
         data = SillyTavernData(st_dir)
         for ref in data.chats()[:max_chats]:
             chats.append(ref.chat_id)
+            titles[ref.chat_id] = ref.display_name
             members[ref.chat_id] = _unique([m.name for m in data.members(ref)])
         characters += [card.name for card in data.characters()]
     if service.store is not None:
@@ -78,4 +99,4 @@ def assign_suggestions(service: KvService, max_chats: int = 200) -> AssignSugges
         if row.chat and row.character:
             chats.append(row.chat)
             characters.append(row.character)
-    return AssignSuggestions(_unique(chats), _unique(characters), members)
+    return AssignSuggestions(_unique(chats), _unique(characters), members, titles)

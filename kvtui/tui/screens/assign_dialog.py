@@ -1,20 +1,24 @@
 """Put a character in a slot by hand: a chat and a character name, with suggestions.
 
-Suggestions come from the SillyTavern data directory (chats and their members) and from the
-names already in the save directory; without either, the inputs are plain.
+Suggestions come from the SillyTavern data directory (chats by their names, and their members)
+and from the names already in the save directory; without either, the inputs are plain. Chats
+are listed under the chat input and filtered as one types, since SillyTavern's chat ids (a
+group chat's is a timestamp) are not something anyone types from memory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.suggester import Suggester, SuggestFromList
-from textual.widgets import Button, Input, Label
+from textual.widgets import Button, Input, Label, OptionList
+from textual.widgets.option_list import Option
 
 from kvtui.tui.lookups import AssignSuggestions
 
@@ -24,6 +28,18 @@ class Assignment:
     slot: int
     chat: str
     character: str
+
+
+def chat_option(chat: str, suggestions: AssignSuggestions) -> Text:
+    """``Forest Party  2026-05-03@19h02m11s004ms  4 members`` (names shown as plain text)."""
+    title = suggestions.titles.get(chat)
+    text = Text(title or chat, style="bold")
+    if title:
+        text.append(f"  {chat}", style="dim")
+    members = suggestions.members.get(chat, ())
+    if members:
+        text.append(f"  {len(members)} member{'s' if len(members) != 1 else ''}", style="dim")
+    return text
 
 
 class _CharacterSuggester(Suggester):
@@ -43,7 +59,10 @@ class _CharacterSuggester(Suggester):
 class AssignDialog(ModalScreen[Assignment | None]):
     """Dismisses with the assignment, or ``None`` on Esc."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="assign.cancel")]
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="assign.cancel"),
+        Binding("down", "pick_chat", "Pick a chat", show=False, id="assign.pick_chat"),
+    ]
 
     def __init__(
         self,
@@ -70,10 +89,11 @@ class AssignDialog(ModalScreen[Assignment | None]):
             yield Label("Chat")
             yield Input(
                 self._chat,
-                placeholder="chat id, e.g. Seraphina - 2025-01-01@12h00m00s",
+                placeholder="chat name or id (↓ picks from the list)",
                 suggester=SuggestFromList(self.suggestions.chats, case_sensitive=False),
                 id="chat",
             )
+            yield OptionList(id="chat-choices")
             yield Label("Character")
             yield Input(
                 self._character,
@@ -88,13 +108,40 @@ class AssignDialog(ModalScreen[Assignment | None]):
                 yield Button("Cancel (esc)", id="cancel")
 
     def on_mount(self) -> None:
+        self._show_chats(self._chat)
         self._show_hint(self._chat)
         self.query_one("#character" if self._chat else "#chat", Input).focus()
 
     @on(Input.Changed, "#chat")
     def _chat_changed(self, event: Input.Changed) -> None:
         self._chat = event.value
+        self._show_chats(event.value)
         self._show_hint(event.value)
+
+    def _show_chats(self, typed: str) -> None:
+        choices = self.query_one("#chat-choices", OptionList)
+        matches = self.suggestions.matching_chats(typed)
+        if typed.strip() in self.suggestions.chats:
+            matches = []  # a known chat id is typed: nothing left to pick
+        choices.set_options(
+            Option(chat_option(chat, self.suggestions), id=chat) for chat in matches
+        )
+        choices.display = bool(matches)
+
+    def action_pick_chat(self) -> None:
+        """↓ in the chat input moves into the list of chats."""
+        choices = self.query_one("#chat-choices", OptionList)
+        if self.focused is not self.query_one("#chat") or not choices.display:
+            return
+        if choices.option_count:
+            choices.highlighted = 0
+            choices.focus()
+
+    @on(OptionList.OptionSelected, "#chat-choices")
+    def _chat_picked(self, event: OptionList.OptionSelected) -> None:
+        chat = self.query_one("#chat", Input)
+        chat.value = event.option.id or ""
+        self.query_one("#character", Input).focus()
 
     def _show_hint(self, chat: str) -> None:
         names = self.suggestions.characters_for(chat)
@@ -107,12 +154,14 @@ class AssignDialog(ModalScreen[Assignment | None]):
 
     @on(Input.Submitted, "#chat")
     def _next_field(self) -> None:
+        chat = self.query_one("#chat", Input)
+        chat.value = self.suggestions.resolve_chat(chat.value)
         self.query_one("#character", Input).focus()
 
     @on(Input.Submitted, "#character")
     @on(Button.Pressed, "#assign")
     def _submit(self) -> None:
-        chat = self.chat_value.strip()
+        chat = self.suggestions.resolve_chat(self.chat_value)
         character = self.query_one("#character", Input).value.strip()
         missing = [name for name, value in (("chat", chat), ("character", character)) if not value]
         if missing:

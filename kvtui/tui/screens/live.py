@@ -18,6 +18,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Label, LoadingIndicator
@@ -29,7 +30,7 @@ from kvtui.settings import Settings
 from kvtui.tui.errors import report_worker_error
 from kvtui.tui.reports import Report
 from kvtui.tui.widgets.event_log import EventLogPanel
-from kvtui.tui.widgets.server_info import Retry, ServerInfo
+from kvtui.tui.widgets.server_info import Retry, ServerInfo, model_name
 from kvtui.tui.widgets.slot_table import SlotTable
 
 MAX_RETRY_DELAY = 15.0
@@ -47,6 +48,12 @@ EVENT_TOASTS = {
 }
 """Event kinds that raise a toast (warnings and errors always do)."""
 
+_SEVERITY: dict[Level, SeverityLevel] = {
+    Level.INFO: "information",
+    Level.WARNING: "warning",
+    Level.ERROR: "error",
+}
+
 
 def retry_delay(interval: float, failures: int) -> float:
     """The poll interval, doubled per consecutive failure, capped at ``MAX_RETRY_DELAY``."""
@@ -60,6 +67,8 @@ class ServiceEvent(Message):
     """An event from the service's event log, delivered on the UI's message queue."""
 
     event: Event
+    covered: bool = False
+    """A running job reports this event's kind itself (so no toast for it)."""
 
 
 class LiveScreen(Screen[None]):
@@ -72,6 +81,7 @@ class LiveScreen(Screen[None]):
         self.snapshot: Snapshot | None = None
         self._failures = 0
         self._poll_error: str | None = None
+        self._first_connect = True
         self._poll_timer: Timer | None = None
         self._unsubscribe: list[object] = []
         self._job: str | None = None
@@ -89,7 +99,7 @@ class LiveScreen(Screen[None]):
             yield LoadingIndicator(id="activity-spinner")
             yield Label("", id="activity-text", markup=False)
         yield EventLogPanel(id="events")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one(EventLogPanel).border_title = "Events"
@@ -103,8 +113,9 @@ class LiveScreen(Screen[None]):
         self.poll()
 
     def _relay_service_event(self, event: Event) -> None:
-        # Subscribers run inside the service's call; hand the event to the UI's queue instead.
-        self.post_message(ServiceEvent(event))
+        # Subscribers run inside the service's call; hand the event to the UI's queue instead,
+        # noting now (not when the message is handled) whether the running job covers it.
+        self.post_message(ServiceEvent(event, covered=event.kind in self.covered_kinds))
 
     def on_unmount(self) -> None:
         for unsubscribe in self._unsubscribe:
@@ -141,6 +152,15 @@ class LiveScreen(Screen[None]):
 
     def show_snapshot(self, snapshot: Snapshot) -> None:
         """Show one poll's result: the header, then the table updated in place."""
+        if snapshot.state is ConnectionState.CONNECTED and self._first_connect:
+            self._first_connect = False
+            self.query_one(EventLogPanel).add_event(
+                Event(
+                    Kind.CONNECTION,
+                    f"Connected to {snapshot.server_url}: {model_name(snapshot.model)}, "
+                    f"{snapshot.total_slots} slots of {snapshot.n_ctx} tokens.",
+                )
+            )
         self.snapshot = snapshot
         healthy = snapshot.state is ConnectionState.CONNECTED
         self._failures = 0 if healthy else self._failures + 1
@@ -148,7 +168,13 @@ class LiveScreen(Screen[None]):
         if not healthy:
             retry = Retry(self._failures, retry_delay(self.settings.poll_interval, self._failures))
         self.query_one(ServerInfo).show(snapshot, retry)
-        self.query_one(SlotTable).show_rows(snapshot.rows)
+        table = self.query_one(SlotTable)
+        table.show_rows(snapshot.rows)
+        # While the server does not answer, the rows are what kvtui last knew: say so.
+        table.set_class(not healthy, "stale")
+        table.border_title = (
+            "Slots" if healthy else "Slots (last known: the server is not answering)"
+        )
 
     # -- events, activity and errors ---------------------------------------------------------
 
@@ -156,16 +182,13 @@ class LiveScreen(Screen[None]):
     def _service_event(self, message: ServiceEvent) -> None:
         event = message.event
         self.query_one(EventLogPanel).add_event(event)
-        if not self.settings.notifications or event.kind in self.covered_kinds:
+        if not self.settings.notifications or message.covered:
             return
         if event.level is not Level.INFO or event.kind in EVENT_TOASTS:
-            severity = {Level.INFO: "information", Level.WARNING: "warning"}.get(
-                event.level, "error"
-            )
             self.notify(
                 event.message,
                 title=event.kind.value,
-                severity=severity,  # type: ignore[arg-type]
+                severity=_SEVERITY[event.level],
                 markup=False,
             )
 
