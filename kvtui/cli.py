@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,7 @@ async def _slots(settings: Settings, args: argparse.Namespace) -> int:
 async def _ls(settings: Settings, args: argparse.Namespace) -> int:
     from kvtui.service import KvService, ServiceError
     from kvtui.store import group_saves
+    from kvtui.store.names import normalize
 
     async with KvService(settings) as service:
         try:
@@ -171,49 +173,48 @@ async def _ls(settings: Settings, args: argparse.Namespace) -> int:
             return _fail(err)
         store.rescan()
         groups = group_saves(store.entries(), current_chat=None)
-    from kvtui.store.names import normalize
 
-    def wanted(value: str, query: str | None) -> bool:
-        return query is None or normalize(value) == normalize(query)
+    def wanted(shown: str, key: str, query: str | None) -> bool:
+        return query is None or query == shown or normalize(query) == key
 
-    data = [
-        {
-            "chat": g.chat,
-            "characters": [
-                {
-                    "character": c.character,
-                    "saves": [
-                        {
-                            "file": e.filename,
-                            "time": e.timestamp.isoformat(),
-                            "tag": e.tag,
-                            "tokens": e.n_saved,
-                            "bytes": e.size,
-                        }
-                        for e in c.saves
-                    ],
-                }
-                for c in g.characters
-                if wanted(c.character, args.character)
-            ],
-        }
-        for g in groups
-        if wanted(g.chat, args.chat)
-    ]
-    data = [g for g in data if g["characters"]]
+    data: list[dict[str, Any]] = []
+    for g in groups:
+        if not wanted(g.chat, g.chat_key, args.chat):
+            continue
+        characters = [
+            {
+                "character": c.character,
+                "saves": [
+                    {
+                        "file": e.filename,
+                        "time": e.timestamp.isoformat(),
+                        "tag": e.tag,
+                        "tokens": e.n_saved,
+                        "bytes": e.size,
+                    }
+                    for e in c.saves
+                ],
+            }
+            for c in g.characters
+            if wanted(c.character, c.character_key, args.character)
+        ]
+        if characters:
+            data.append({"chat": g.chat, "characters": characters})
     if args.json:
         _dump(data)
         return EXIT_OK
     if not data:
         print("No saves.")
-    for g in data:
-        print(g["chat"])
-        for c in g["characters"]:  # type: ignore[attr-defined]
+    for chat in data:
+        print(chat["chat"])
+        for c in chat["characters"]:
             print(f"  {c['character']}")
-            for s in c["saves"]:
-                tag = f"  [{s['tag']}]" if s["tag"] else ""
-                tokens = s["tokens"] if s["tokens"] is not None else "?"
-                print(f"    {s['time']}  {tokens:>6} tok  {s['bytes']:>10} B  {s['file']}{tag}")
+            for e in c["saves"]:
+                tag = f"  [{e['tag']}]" if e["tag"] else ""
+                tokens = e["tokens"] if e["tokens"] is not None else "?"
+                local = datetime.fromisoformat(e["time"]).astimezone()
+                when = f"{local:%Y-%m-%d %H:%M:%S}"
+                print(f"    {when}  {tokens:>6} tok  {e['bytes']:>10} B  {e['file']}{tag}")
     return EXIT_OK
 
 
