@@ -241,3 +241,29 @@ async def test_a_failed_restore_is_logged_and_the_request_goes_through(
         assert result["id_slot"] == service.book.find(GROUP_CHAT, "Kael")
         assert result["timings"]["cache_n"] == 0
         assert any("Could not restore Kael" in m for m in events(service, Kind.AUTOLOAD))
+
+
+async def test_prompts_are_recorded_and_a_swipe_after_a_kvtui_restart_is_still_a_swipe(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    settings = make_settings(clean_server, tmp_path, autosave_every=100)
+    chat_id = "Seraphina - 2026-05-03@18h45m46s123ms"
+    async with running_proxy(settings) as h:
+        h.service.current_chat = chat_id
+        chat = GroupChat(h, ["Seraphina"])
+        body = chat.body("Seraphina")
+        await h.complete(body)
+        recorded = h.proxy.recorder.last_request(chat_id, "Seraphina")
+        assert recorded is not None and recorded.prompt == body["prompt"]
+        assert "id_slot" not in recorded.body and recorded.body["stop"] == body["stop"]
+        slot = h.service.book.find(chat_id, "Seraphina")
+        assert slot is not None
+    # kvtui restarts (its slot book and recorded prompts persist); the user swipes.
+    async with running_proxy(settings) as h:
+        h.service.current_chat = chat_id
+        assert h.service.book.find(chat_id, "Seraphina") == slot
+        result = await h.complete(body)
+        assert result["id_slot"] == slot
+        assert result["timings"]["cache_n"] >= result["tokens_evaluated"] - 1
+        record = h.service.book.record(slot)
+        assert (record.messages_since_save, record.usage) == (1, 1)

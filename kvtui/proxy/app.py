@@ -138,7 +138,7 @@ class ReplyObserver:
             self._take(obj)
 
     def _take(self, obj: dict[str, Any]) -> None:
-        text = reply_text(obj)
+        text = reply_text(obj) if obj.get("index", 0) == 0 else ""  # n > 1: the first reply
         if text:
             self.text_parts.append(text)
         if "timings" in obj or obj.get("stop") is True:
@@ -587,8 +587,10 @@ class ProxyApp:
         prompt = request_prompt(forwarded)
         if prompt is not None and gen_type in _CHAT_TURNS:
             try:
+                # Recorded as the client sent it: prewarm picks its own slot.
+                request = {k: v for k, v in forwarded.items() if k != "id_slot"}
                 await asyncio.to_thread(
-                    self.recorder.record, identity.chat, identity.character, prompt, forwarded
+                    self.recorder.record, identity.chat, identity.character, prompt, request
                 )
             except OSError as err:
                 self.service.events.error(Kind.ERROR, f"Could not record a prompt: {err}")
