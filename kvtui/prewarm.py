@@ -21,7 +21,9 @@ from enum import StrEnum
 
 from kvtui.events import Kind
 from kvtui.llama import LlamaError
+from kvtui.proxy.recorder import PromptRecorder
 from kvtui.service import KvService, ServiceError
+from kvtui.sillytavern import Chat, Member, SillyTavernData, SillyTavernError, assemble_prompt
 from kvtui.slots import GenType
 
 
@@ -88,18 +90,22 @@ async def prewarm(
     chat: str,
     prompts: Sequence[PromptChoice],
     *,
-    timeout: float | None = None,
+    per_character_timeout: float | None = None,
     concurrency: int | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> PrewarmReport:
     """Warm each character in ``prompts`` (in order) for ``chat``.
 
-    ``timeout`` (seconds per character) and ``concurrency`` default to the settings. Cancelling
+    ``per_character_timeout`` (seconds) and ``concurrency`` default to the settings. Cancelling
     the task that awaits this cancels the in-flight requests and re-raises after the report's
     last progress message has been sent.
     """
     settings = service.settings
-    timeout = timeout if timeout is not None else settings.prewarm_timeout_minutes * 60
+    timeout = (
+        per_character_timeout
+        if per_character_timeout is not None
+        else settings.prewarm_timeout_minutes * 60
+    )
     concurrency = max(1, concurrency or settings.prewarm_concurrency)
     report = PrewarmReport()
     started = time.monotonic()
@@ -226,4 +232,69 @@ def _log_summary(service: KvService, report: PrewarmReport) -> None:
     verb = "cancelled" if report.cancelled else "finished"
     service.events.info(
         Kind.PREWARM, f"Prewarm {verb} in {report.elapsed:.1f} s: {'; '.join(parts)}."
+    )
+
+
+@dataclass(frozen=True)
+class PrewarmPlan:
+    """Who can be warmed in a chat: every member (muted ones flagged) and their prompts."""
+
+    chat: str
+    display_name: str
+    members: tuple[Member, ...]
+    choices: dict[str, PromptChoice]
+
+    def default_selection(self) -> list[str]:
+        """The seed's default: every member that is not muted."""
+        return [m.name for m in self.members if not m.muted]
+
+    def selected(self, names: Sequence[str]) -> list[PromptChoice]:
+        return [self.choices[n] for n in names if n in self.choices]
+
+
+class PlanError(ServiceError):
+    """The chat to prewarm cannot be found or read."""
+
+
+def plan_prewarm(
+    chat_id: str, st_data: SillyTavernData | None, recorder: PromptRecorder | None
+) -> PrewarmPlan:
+    """Find the chat's members and choose each one's prompt (recorded, else assembled)."""
+    if st_data is None:
+        raise PlanError(
+            "No SillyTavern data directory is set: give it with --st-dir DIR (data/<user>)."
+        )
+    ref = st_data.find_chat(chat_id)
+    if ref is None:
+        raise PlanError(f"No SillyTavern chat {chat_id!r} in {st_data.user_dir}.")
+    members = st_data.members(ref)
+    chat: Chat | None
+    try:
+        chat = st_data.read_chat(ref)
+    except SillyTavernError:
+        chat = None
+    user = st_data.user_name()
+    choices: dict[str, PromptChoice] = {}
+    for member in members:
+        recorded = recorder.last(ref.chat_id, member.name) if recorder else None
+        if recorded:
+            choices[member.name] = PromptChoice(member.name, recorded, "recorded")
+            continue
+        card = st_data.card(member.avatar)
+        if card is None or chat is None:
+            missing = "character card" if card is None else "chat file"
+            choices[member.name] = PromptChoice(
+                member.name,
+                None,
+                "",
+                f"no recorded prompt and no readable {missing} to assemble one from",
+            )
+            continue
+        prompt = assemble_prompt(card, chat, user, speaker=member.name)
+        choices[member.name] = PromptChoice(member.name, prompt, "assembled")
+    return PrewarmPlan(
+        chat=ref.chat_id,
+        display_name=ref.display_name,
+        members=tuple(members),
+        choices=choices,
     )
