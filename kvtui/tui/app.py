@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -13,8 +15,11 @@ from pathlib import Path
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 
+from kvtui.events import Kind
+from kvtui.proxy.run import ProxyServer, ProxyStartError
 from kvtui.service import KvService
 from kvtui.settings import Settings
+from kvtui.sillytavern import SillyTavernData
 from kvtui.tui.screens.dashboard import DashboardScreen
 
 
@@ -31,21 +36,68 @@ class KvtuiApp(App[int]):
         *,
         config_path: Path | None = None,
         on_exit: Callable[[], None] | None = None,
+        automatic: bool = False,
     ) -> None:
         super().__init__()
         self.settings = settings
         self.service = service
         self.config_path = config_path
         self._on_exit = on_exit
+        self.automatic = automatic
+        self.proxy: ProxyServer | None = None
+        self._automatic_stop = asyncio.Event()
+        self._watch_task: asyncio.Task[None] | None = None
 
     def get_default_screen(self) -> Screen[None]:
         return DashboardScreen(self.service, config_path=self.config_path)
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
         self.set_keymap(self.settings.keymap)
+        if self.automatic:
+            await self.start_automatic()
+
+    async def start_automatic(self) -> None:
+        """Run automatic mode in this loop: the routing proxy and the chat-switch watcher.
+
+        A proxy that cannot start (its port is taken) is reported in the event log; the
+        dashboard goes on without it.
+        """
+        settings = self.service.settings
+        st_data = SillyTavernData(settings.st_dir) if settings.st_dir else None
+        proxy = ProxyServer(self.service, settings, st_data)
+        try:
+            await proxy.start()
+        except (ProxyStartError, OSError) as err:
+            self.service.events.error(Kind.ERROR, f"The proxy did not start: {err}")
+            return
+        self.proxy = proxy
+        self.service.events.info(
+            Kind.ROUTE,
+            f"Proxy listening on {proxy.url}: set SillyTavern's llama.cpp API URL to it.",
+        )
+        if proxy.watcher is not None:
+            self._watch_task = asyncio.create_task(self._watch(proxy), name="kvtui-chat-watcher")
+
+    async def _watch(self, proxy: ProxyServer) -> None:
+        assert proxy.watcher is not None
+        try:
+            await proxy.watcher.run(self._automatic_stop)
+        except Exception as err:  # reported, never a crash of the dashboard
+            self.service.events.error(Kind.ERROR, f"The chat-switch watcher stopped: {err!r}")
+
+    async def stop_automatic(self) -> None:
+        self._automatic_stop.set()
+        if self._watch_task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._watch_task, timeout=3)
+            self._watch_task = None
+        if self.proxy is not None:
+            await self.proxy.stop()
+            self.proxy = None
 
     async def on_unmount(self) -> None:
         try:
+            await self.stop_automatic()
             await self.service.aclose()
         finally:
             if self._on_exit is not None:
@@ -68,6 +120,7 @@ def make_app(
     service: KvService | None = None,
     on_exit: Callable[[], None] | None = None,
     config_path: Path | None = None,
+    automatic: bool = False,
 ) -> KvtuiApp:
     """Build the dashboard app (nothing is started and no I/O happens until it runs).
 
@@ -78,17 +131,20 @@ def make_app(
         on_exit: Called once the app has unmounted (the demo stops its server here).
         config_path: Where the settings form writes the TOML file (default: the user's
             config path, or ``$KVTUI_CONFIG``).
+        automatic: Run the routing proxy and the SillyTavern chat-switch watcher in the
+            app's loop (``kvtui`` does when ``proxy_enabled`` is set).
     """
     return KvtuiApp(
         settings,
         service or KvService(settings),
         config_path=config_path,
         on_exit=on_exit,
+        automatic=automatic,
     )
 
 
 def run_dashboard(settings: Settings, *, config_path: Path | None = None) -> int:
     """Run the dashboard in the terminal until the user quits; returns the exit code."""
-    app = make_app(settings, config_path=config_path)
+    app = make_app(settings, config_path=config_path, automatic=settings.proxy_enabled)
     result = app.run()
     return result if result is not None else (app.return_code or 0)
