@@ -11,99 +11,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
-from pathlib import Path
 
 from kvtui.events import EventLog, Kind
 from kvtui.llama import LlamaClient, LlamaError, ModelLoading, ServerUnreachable
 from kvtui.llama.models import Props, SlotState
+from kvtui.outcomes import (
+    ConnectionState,
+    LoadOutcome,
+    RouteDecision,
+    SaveOutcome,
+    ServiceError,
+    SlotRow,
+    Snapshot,
+)
 from kvtui.settings import Settings
 from kvtui.slots import GenType, SlotBook, SlotRecord
 from kvtui.store import SaveEntry, SaveMeta, SaveStore, is_valid_save
 
-
-class ServiceError(Exception):
-    """A request kvtui refuses or cannot complete; the message says what to do."""
-
-
-class ConnectionState(StrEnum):
-    UNKNOWN = "unknown"
-    CONNECTED = "connected"
-    LOADING = "loading model"
-    UNREACHABLE = "unreachable"
-
-
-@dataclass(frozen=True)
-class SlotRow:
-    """One line of the slot table: the server's view merged with kvtui's book."""
-
-    slot: int
-    n_ctx: int
-    processing: bool
-    n_decoded: int | None
-    n_remain: int | None
-    tokens: int | None
-    chat: str | None
-    character: str | None
-    usage: int
-    messages_until_save: int | None
-    last_save_at: datetime | None
-    last_save_file: str | None
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Everything the dashboard shows, frozen at one poll."""
-
-    state: ConnectionState
-    server_url: str
-    model: str | None
-    build_info: str | None
-    total_slots: int
-    n_ctx: int | None
-    save_dir: Path | None
-    rows: tuple[SlotRow, ...]
-    error: str | None
-    taken_at: datetime
-
-
-@dataclass(frozen=True)
-class SaveOutcome:
-    slot: int
-    chat: str
-    character: str
-    filename: str
-    n_saved: int
-    n_written: int
-    tag: str | None
-    rotated: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class LoadOutcome:
-    slot: int
-    chat: str
-    character: str
-    filename: str
-    n_restored: int
-    from_other_chat: bool
-    evicted: str | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class RouteDecision:
-    """Where a generation goes, and what kvtui did to make that slot ready."""
-
-    slot: int
-    chat: str
-    character: str
-    resident: bool
-    restored: LoadOutcome | None
-    evicted: SaveOutcome | None
-    evicted_character: str | None
+__all__ = [
+    "ConnectionState",
+    "KvService",
+    "LoadOutcome",
+    "RouteDecision",
+    "SaveOutcome",
+    "ServiceError",
+    "SlotRow",
+    "Snapshot",
+]
 
 
 class KvService:
