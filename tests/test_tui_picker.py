@@ -159,3 +159,20 @@ async def test_ten_thousand_saves_build_only_what_is_shown() -> None:
         picker.query_one(Input).value = "character 3"
         await pilot.pause()
         assert count_nodes(tree.root) < 1000
+
+
+async def test_chats_show_and_match_their_sillytavern_names() -> None:
+    chat_id = "2026-05-03@19h02m11s004ms"
+    entries = [entry(chat_id, "Kael", 1), entry("Old chat", "Brann", 2)]
+    app = Host()
+    async with app.run_test(size=(120, 40)) as pilot:
+        picker = LoadPicker(entries, current_chat=chat_id, titles={chat_id: "Forest Party"})
+        app.push_screen(picker)
+        await pilot.pause()
+        tree = picker.query_one(SaveTree)
+        assert visible_labels(tree.root)[0].startswith(f"Forest Party  {chat_id} [current]")
+        picker.query_one(Input).value = "forest"  # the name, not the id
+        await pilot.pause()
+        assert [line for line in visible_labels(tree.root) if not line.startswith(" ")] == [
+            f"Forest Party  {chat_id} [current]  1 character"
+        ]

@@ -73,6 +73,14 @@ def test_slot_cells_busy_character_slot() -> None:
     assert slot_cells(row(character="A", messages_until_save=None))["autosave"] == "off"
 
 
+def test_slot_cells_show_sillytavern_chat_names() -> None:
+    titles = {"2026-05-03@19h02m11s004ms": "Forest Party"}
+    assert str(slot_cells(row(chat="2026-05-03@19h02m11s004ms"), titles=titles)["chat"]) == (
+        "Forest Party"
+    )
+    assert str(slot_cells(row(chat="other"), titles=titles)["chat"]) == "other"
+
+
 def test_local_time_today_and_other_days() -> None:
     now = datetime.now().astimezone()
     assert len(local_time(now, now)) == len("HH:MM:SS")

@@ -7,6 +7,7 @@ no widget ever parses it as markup.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from rich.text import Text
@@ -87,13 +88,19 @@ def plain(value: str | None) -> Text:
     return Text(value) if value else Text(DASH, style="dim")
 
 
-def slot_cells(row: SlotRow, now: datetime | None = None) -> dict[str, str | Text]:
-    """Every cell of one slot row, keyed by column key."""
+def slot_cells(
+    row: SlotRow, now: datetime | None = None, titles: Mapping[str, str] | None = None
+) -> dict[str, str | Text]:
+    """Every cell of one slot row, keyed by column key.
+
+    ``titles`` maps chat ids to SillyTavern's names for them (a group chat's id is a timestamp).
+    """
+    chat = (titles or {}).get(row.chat, row.chat) if row.chat else None
     return {
         "slot": str(row.slot),
         "state": slot_state(row),
         "character": plain(row.character),
-        "chat": plain(row.chat),
+        "chat": plain(chat),
         "tokens": slot_tokens(row),
         "usage": str(row.usage) if row.character else DASH,
         "autosave": slot_autosave(row),

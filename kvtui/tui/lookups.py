@@ -51,6 +51,8 @@ class AssignSuggestions:
 class PickerData:
     entries: Sequence[SaveEntry]
     current_chat: str | None
+    titles: Mapping[str, str] = field(default_factory=dict)
+    """SillyTavern's names of the chats (chat id → group or character name)."""
 
 
 def _unique(names: Sequence[str]) -> tuple[str, ...]:
@@ -70,11 +72,22 @@ def current_chat(service: KvService) -> str | None:
     return service.current_chat or sillytavern_active_chat(service.settings.st_dir)
 
 
+def chat_titles(st_dir: Path | None) -> dict[str, str]:
+    """SillyTavern's display name of every chat id (empty without a data directory)."""
+    if st_dir is None or not st_dir.is_dir():
+        return {}
+    return {ref.chat_id: ref.display_name for ref in SillyTavernData(st_dir).chats()}
+
+
 def picker_data(service: KvService, fallback_chat: str | None = None) -> PickerData:
-    """Every save in the directory, and the chat to list first."""
+    """Every save in the directory, the chat to list first, and the chats' names."""
     store = service.require_store()
     store.rescan()
-    return PickerData(store.entries(), current_chat(service) or fallback_chat)
+    return PickerData(
+        store.entries(),
+        current_chat(service) or fallback_chat,
+        chat_titles(service.settings.st_dir),
+    )
 
 
 def assign_suggestions(service: KvService, max_chats: int = 200) -> AssignSuggestions:

@@ -104,7 +104,9 @@ class DashboardScreen(LiveScreen):
             table_chat = self.selected_chat()
             with self.busy("Reading the save directory…"):
                 data = await asyncio.to_thread(picker_data, self.service, table_chat)
-            chosen = await self.app.push_screen_wait(LoadPicker(data.entries, data.current_chat))
+            self.chat_titles = dict(data.titles)
+            picker = LoadPicker(data.entries, data.current_chat, data.titles)
+            chosen = await self.app.push_screen_wait(picker)
             if not chosen:
                 return
             with self.busy(f"Loading {len(chosen)} save(s)…"):
@@ -121,6 +123,7 @@ class DashboardScreen(LiveScreen):
         with self.job(frozenset({Kind.ROUTE})):
             with self.busy("Reading chats and characters…"):
                 suggestions = await asyncio.to_thread(assign_suggestions, self.service)
+            self.chat_titles.update(suggestions.titles)
             dialog = AssignDialog(slot, chat=chat, character=character, suggestions=suggestions)
             assignment = await self.app.push_screen_wait(dialog)
             if assignment is None:
@@ -190,6 +193,7 @@ class DashboardScreen(LiveScreen):
             path = await asyncio.to_thread(save_settings, new, self.config_path)
             await self.service.apply_settings(new)
             self.app.set_keymap(new.keymap)
+            self.read_chat_titles()
             self.notify(f"Saved to {path} and applied.", title="Settings", markup=False)
 
     def action_refresh(self) -> None:

@@ -9,6 +9,7 @@ doing in the activity line and reports once. Every worker's failure lands in
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from kvtui.events import Event, Kind, Level
 from kvtui.service import ConnectionState, KvService, SlotRow, Snapshot
 from kvtui.settings import Settings
 from kvtui.tui.errors import report_worker_error
+from kvtui.tui.lookups import chat_titles
 from kvtui.tui.reports import Report
 from kvtui.tui.widgets.event_log import EventLogPanel
 from kvtui.tui.widgets.server_info import Retry, ServerInfo, model_name
@@ -82,6 +84,8 @@ class LiveScreen(Screen[None]):
         self._failures = 0
         self._poll_error: str | None = None
         self._first_connect = True
+        self.chat_titles: dict[str, str] = {}
+        """SillyTavern's names of chat ids, shown in the table instead of the ids."""
         self._poll_timer: Timer | None = None
         self._unsubscribe: list[object] = []
         self._job: str | None = None
@@ -111,6 +115,16 @@ class LiveScreen(Screen[None]):
         self._unsubscribe.append(self.service.events.subscribe(self._relay_service_event))
         self.query_one(SlotTable).focus()
         self.poll()
+        self.read_chat_titles()
+
+    @work(exclusive=True, group="lookup", exit_on_error=False, description="Reading chat names")
+    async def read_chat_titles(self) -> None:
+        """Learn SillyTavern's chat names (a thread: it reads the data directory)."""
+        self.chat_titles = await asyncio.to_thread(chat_titles, self.settings.st_dir)
+        if self.snapshot is not None:
+            self.query_one(SlotTable).show_rows(
+                self.snapshot.rows, now=self.snapshot.taken_at, titles=self.chat_titles
+            )
 
     def _relay_service_event(self, event: Event) -> None:
         # Subscribers run inside the service's call; hand the event to the UI's queue instead,
@@ -159,6 +173,7 @@ class LiveScreen(Screen[None]):
                     Kind.CONNECTION,
                     f"Connected to {snapshot.server_url}: {model_name(snapshot.model)}, "
                     f"{snapshot.total_slots} slots of {snapshot.n_ctx} tokens.",
+                    time=snapshot.taken_at,
                 )
             )
         self.snapshot = snapshot
@@ -169,7 +184,7 @@ class LiveScreen(Screen[None]):
             retry = Retry(self._failures, retry_delay(self.settings.poll_interval, self._failures))
         self.query_one(ServerInfo).show(snapshot, retry)
         table = self.query_one(SlotTable)
-        table.show_rows(snapshot.rows)
+        table.show_rows(snapshot.rows, now=snapshot.taken_at, titles=self.chat_titles)
         # While the server does not answer, the rows are what kvtui last knew: say so.
         table.set_class(not healthy, "stale")
         table.border_title = (

@@ -9,7 +9,7 @@ character replaces the first. The screen dismisses with the chosen file names.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from rich.text import Text
@@ -77,9 +77,12 @@ class Choices:
         return len(self._by_owner)
 
 
-def chat_label(group: ChatGroup) -> Text:
+def chat_label(group: ChatGroup, title: str | None = None) -> Text:
+    """``Forest Party  2026-05-03@19h02m11s004ms [current]  3 characters``."""
     n = len(group.characters)
-    label = Text(group.chat, style="bold")
+    label = Text(title or group.chat, style="bold")
+    if title and title != group.chat:
+        label.append(f"  {group.chat}", style="dim")
     if group.is_current:
         label.append(" [current]", style="reverse")
     label.append(f"  {n} character{'s' if n != 1 else ''}", style="dim")
@@ -122,9 +125,15 @@ class LoadPicker(ModalScreen[list[str] | None]):
         Binding("escape", "cancel", "Cancel", id="picker.cancel"),
     ]
 
-    def __init__(self, entries: Sequence[SaveEntry], current_chat: str | None = None) -> None:
+    def __init__(
+        self,
+        entries: Sequence[SaveEntry],
+        current_chat: str | None = None,
+        titles: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self._groups = group_saves(list(entries), current_chat)
+        self._titles = dict(titles or {})
         self._total = len(entries)
         self.choices = Choices()
         self._character_nodes: dict[tuple[str, str], TreeNode[PickerItem]] = {}
@@ -158,7 +167,9 @@ class LoadPicker(ModalScreen[list[str] | None]):
         self._character_nodes.clear()
         self._save_nodes.clear()
         for group in groups:
-            node = tree.root.add(chat_label(group), ChatItem(group), allow_expand=True)
+            node = tree.root.add(
+                chat_label(group, self._titles.get(group.chat)), ChatItem(group), allow_expand=True
+            )
             if group.is_current or expand_all:
                 node.expand()
                 self._fill_chat(node)
@@ -252,8 +263,25 @@ class LoadPicker(ModalScreen[list[str] | None]):
     @on(Input.Changed, "#picker-search")
     def _search(self, event: Input.Changed) -> None:
         query = event.value.strip()
-        groups = filter_groups(self._groups, query) if query else self._groups
+        groups = self.search(query) if query else self._groups
         self._show(groups, expand_all=bool(query) and len(groups) <= AUTO_EXPAND)
+
+    def search(self, query: str) -> list[ChatGroup]:
+        """The store's filter (chats, characters, tags), plus chats whose SillyTavern name
+        matches every word (a group chat's id is only a timestamp)."""
+        found = filter_groups(self._groups, query)
+        words = query.casefold().split()
+        by_title = {
+            group.chat_key
+            for group in self._groups
+            if all(w in self._titles.get(group.chat, "").casefold() for w in words)
+        }
+        kept = {group.chat_key for group in found}
+        extra = [g for g in self._groups if g.chat_key in by_title and g.chat_key not in kept]
+        if not extra:
+            return found
+        order = {group.chat_key: i for i, group in enumerate(self._groups)}
+        return sorted([*found, *extra], key=lambda group: order[group.chat_key])
 
     @on(Input.Submitted, "#picker-search")
     def _search_done(self) -> None:

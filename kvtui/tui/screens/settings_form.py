@@ -104,7 +104,9 @@ class SettingsScreen(ModalScreen[Settings | None]):
                         if _is_bool(name):
                             yield Switch(bool(getattr(self._settings, name)), id=f"field-{name}")
                         else:
-                            yield Input(field_text(self._settings, name), id=f"field-{name}")
+                            yield Input(
+                                field_text(self._settings, name), id=f"field-{name}", compact=True
+                            )
                         yield Label("", classes="field-error", id=f"error-{name}", markup=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save and apply (ctrl+s)", variant="primary", id="save")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from rich.table import Table
 from rich.text import Text
 from textual.widgets import RichLog
 
@@ -24,6 +25,17 @@ def event_line(event: Event, styles: Mapping[Level, str] | None = None) -> Text:
     )
 
 
+def event_row(event: Event, styles: Mapping[Level, str] | None = None) -> Table:
+    """The same line as :func:`event_line`, as a grid: long messages wrap in their column."""
+    line = event_line(event, styles)
+    time_and_kind, message = line[:22], line[22:]
+    grid = Table.grid(expand=True)
+    grid.add_column(width=22, no_wrap=True)
+    grid.add_column(ratio=1)
+    grid.add_row(time_and_kind, message)
+    return grid
+
+
 class EventLogPanel(RichLog):
     """A scrolling log of service events, newest at the bottom."""
 
@@ -36,4 +48,4 @@ class EventLogPanel(RichLog):
             Level.WARNING: f"bold {theme.warning}" if theme.warning else "bold",
             Level.ERROR: f"bold {theme.error}" if theme.error else "bold",
         }
-        self.write(event_line(event, styles))
+        self.write(event_row(event, styles), expand=True)

@@ -6,7 +6,7 @@ Rows are never cleared and rebuilt, so the cursor and the scroll position surviv
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from rich.text import Text
@@ -25,13 +25,18 @@ class SlotTable(DataTable[str | Text]):
         for key, label in SLOT_COLUMNS:
             self.add_column(label, key=key)
 
-    def show_rows(self, rows: Sequence[SlotRow], now: datetime | None = None) -> None:
+    def show_rows(
+        self,
+        rows: Sequence[SlotRow],
+        now: datetime | None = None,
+        titles: Mapping[str, str] | None = None,
+    ) -> None:
         """Bring the table in line with ``rows``: update, add and remove by slot number."""
         wanted: set[str] = set()
         for row in rows:
             key = str(row.slot)
             wanted.add(key)
-            cells = slot_cells(row, now)
+            cells = slot_cells(row, now, titles)
             if key in self.rows:
                 for column, value in cells.items():
                     if self.get_cell(key, column) != value:

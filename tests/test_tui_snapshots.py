@@ -1,0 +1,241 @@
+"""SVG snapshots of each screen, from fixed data (no server, no clock, no temp paths).
+
+The service is the real ``KvService`` with its poll answered by a fixed snapshot, in the manner
+of memray's ``MockReader``: what is pinned here is the screen, not the server. The same SVGs are
+the README's screenshots: ``python screenshots/update.py`` rewrites the snapshots and copies them
+there, and ``test_screenshots_match_the_snapshots`` keeps the two from drifting apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input
+from textual.worker import WorkerCancelled
+
+from kvtui.events import Event, EventLog, Kind, Level
+from kvtui.service import ConnectionState, KvService, SlotRow, Snapshot
+from kvtui.settings import Settings
+from kvtui.store import SaveEntry, format_save_name, normalize
+from kvtui.tui.app import KvtuiApp, make_app
+from kvtui.tui.screens import live
+from kvtui.tui.screens.load_picker import LoadPicker
+
+SnapCompare = Callable[..., bool]
+
+ROOT = Path(__file__).parent.parent
+SNAPSHOTS = Path(__file__).parent / "__snapshots__" / "test_tui_snapshots"
+SCREENSHOTS = ROOT / "screenshots"
+SIZE = (120, 40)
+NOW = datetime(2026, 5, 3, 18, 42, 10, tzinfo=UTC)
+PARTY = "2026-05-03@19h02m11s004ms"
+SOLO = "Seraphina - 2026-05-03@18h45m46s123ms"
+TITLES = {PARTY: "Forest Party", SOLO: "Seraphina"}
+SHOTS = {
+    "test_dashboard": "dashboard.svg",
+    "test_load_picker": "load-picker.svg",
+    "test_tag_dialog": "tag-dialog.svg",
+    "test_settings_form": "settings.svg",
+}
+
+
+def slot(n: int, **changes: Any) -> SlotRow:
+    base: dict[str, Any] = dict(
+        slot=n,
+        n_ctx=2048,
+        processing=False,
+        n_decoded=None,
+        n_remain=None,
+        tokens=None,
+        chat=None,
+        character=None,
+        usage=0,
+        messages_until_save=None,
+        last_save_at=None,
+        last_save_file=None,
+    )
+    base.update(changes)
+    return SlotRow(**base)
+
+
+SNAPSHOT = Snapshot(
+    state=ConnectionState.CONNECTED,
+    server_url="http://127.0.0.1:8080",
+    model="/models/Mistral-Nemo-12B-Q5_K_M.gguf",
+    build_info="b7021-6a1f3b2c",
+    total_slots=4,
+    n_ctx=2048,
+    save_dir=Path("/home/alex/kv-saves"),
+    rows=(
+        slot(0, tokens=1812, chat=PARTY, character="Seraphina", usage=4, messages_until_save=2,
+             last_save_at=NOW - timedelta(minutes=3)),
+        slot(1, processing=True, n_decoded=37, n_remain=91, tokens=1604, chat=PARTY,
+             character="Kael", usage=3, messages_until_save=4,
+             last_save_at=NOW - timedelta(minutes=12)),
+        slot(2, tokens=988, chat=PARTY, character="Mira", usage=1, messages_until_save=5),
+        slot(3),
+    ),
+    error=None,
+    taken_at=NOW,
+)  # fmt: skip
+
+EVENTS = [
+    Event(Kind.LOAD, "Loaded Seraphina into slot 0: 1640 tokens from 2026-05-02 21:14:03.",
+          time=NOW - timedelta(minutes=19)),
+    Event(Kind.ROUTE, "Kael (2026-05-03@19h02m11s004ms) → slot 1.",
+          time=NOW - timedelta(minutes=15)),
+    Event(Kind.AUTOSAVE, "Saved Kael (2026-05-03@19h02m11s004ms) from slot 1: 1604 tokens, "
+          "autosave.", time=NOW - timedelta(minutes=12)),
+    Event(Kind.ROTATE, "Rotated 1 old autosave(s) of Kael (2026-05-03@19h02m11s004ms).",
+          time=NOW - timedelta(minutes=12)),
+    Event(Kind.EVICT, "Evicted Brann from slot 2 (usage 0).", time=NOW - timedelta(minutes=6)),
+    Event(Kind.SAVE, "Saved Seraphina (2026-05-03@19h02m11s004ms) from slot 0: 1812 tokens, "
+          "tag 'важный момент'.", time=NOW - timedelta(minutes=3)),
+    Event(Kind.CONNECTION, "llama-server is loading its model.", Level.WARNING,
+          time=NOW - timedelta(minutes=1)),
+]  # fmt: skip
+
+
+def entry(chat: str, character: str, minutes: int, tag: str | None = None) -> SaveEntry:
+    when = NOW - timedelta(minutes=minutes)
+    return SaveEntry(
+        filename=format_save_name(chat, character, when, tag),
+        chat=chat,
+        character=character,
+        tag=tag,
+        timestamp=when,
+        size=(1200 + minutes) * 1024,
+        n_saved=1800 - minutes,
+        meta=None,
+        chat_key=normalize(chat),
+        character_key=normalize(character),
+    )
+
+
+ENTRIES = [
+    entry(PARTY, "Seraphina", 3, tag="важный момент"),
+    entry(PARTY, "Seraphina", 30),
+    entry(PARTY, "Seraphina", 95),
+    entry(PARTY, "Kael", 12),
+    entry(PARTY, "Kael", 70, tag="end of chapter 1"),
+    entry(PARTY, "Mira", 40),
+    entry(SOLO, "Seraphina", 60 * 22),
+    entry("Tavern brawl", "Brann", 60 * 24 * 9),
+]
+
+
+class FixedEvents(EventLog):
+    """An event log that starts with fixed, timestamped events."""
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        super().__init__()
+        self._fixed = list(events)
+
+    def recent(self, n: int | None = None) -> list[Event]:
+        return self._fixed if n is None else self._fixed[-n:]
+
+
+class FixedService(KvService):
+    """The real service whose every poll answers with the same snapshot."""
+
+    async def refresh(self) -> Snapshot:
+        return SNAPSHOT
+
+    def snapshot(self, slots: Sequence[object] = (), error: str | None = None) -> Snapshot:
+        return SNAPSHOT
+
+    def persist(self) -> None:
+        pass  # nothing on disk to keep
+
+
+def fixed_app() -> KvtuiApp:
+    settings = Settings.model_construct(
+        server_url="http://127.0.0.1:8080",
+        save_dir=Path("/home/alex/kv-saves"),
+        st_dir=Path("/home/alex/SillyTavern/data/default-user"),
+        state_dir=Path("/home/alex/.local/state/kvtui"),
+        poll_interval=60.0,
+        notifications=False,
+    )
+    return make_app(settings, service=FixedService(settings, events=FixedEvents(EVENTS)))
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local times on screen are the same on every machine; chat names are SillyTavern's."""
+    monkeypatch.setattr(live, "chat_titles", lambda st_dir: dict(TITLES))
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+async def settle(pilot: Pilot[Any]) -> None:
+    """Let polls finish and the screen render; a job waiting on a dialog is left waiting."""
+    for worker in [w for w in pilot.app.workers if w.group != "job"]:
+        with contextlib.suppress(WorkerCancelled):
+            await worker.wait()
+    await pilot.pause()
+    for field in pilot.app.screen.query(Input):
+        field.cursor_blink = False
+
+
+def test_dashboard(snap_compare: SnapCompare) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        await pilot.press("down")
+
+    assert snap_compare(fixed_app(), run_before=run_before, terminal_size=SIZE)
+
+
+def test_load_picker(snap_compare: SnapCompare) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        pilot.app.push_screen(LoadPicker(ENTRIES, current_chat=PARTY, titles=TITLES))
+        await settle(pilot)
+        # Seraphina: open her saves and take the tagged one; Kael: his newest.
+        await pilot.press("down", "enter", "down", "space", "down", "down", "down", "space")
+        await settle(pilot)
+
+    assert snap_compare(fixed_app(), run_before=run_before, terminal_size=SIZE)
+
+
+def test_tag_dialog(snap_compare: SnapCompare) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        await pilot.press("t")
+        await settle(pilot)
+        await pilot.press(*"важный момент")
+        await settle(pilot)
+
+    assert snap_compare(fixed_app(), run_before=run_before, terminal_size=SIZE)
+
+
+def test_settings_form(snap_compare: SnapCompare) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        await pilot.press("f2")
+        await settle(pilot)
+        field = pilot.app.screen.query_one("#field-autosave_every", Input)
+        field.value = "0"  # an invalid value shows its error inline
+        field.focus()
+        await settle(pilot)
+
+    assert snap_compare(fixed_app(), run_before=run_before, terminal_size=SIZE)
+
+
+def test_screenshots_match_the_snapshots() -> None:
+    for test, shot in SHOTS.items():
+        snapshot = SNAPSHOTS / f"{test}.svg"
+        assert snapshot.exists(), "run: python screenshots/update.py"
+        assert (SCREENSHOTS / shot).read_bytes() == snapshot.read_bytes(), (
+            f"screenshots/{shot} is stale: run python screenshots/update.py"
+        )
