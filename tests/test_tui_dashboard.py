@@ -14,15 +14,16 @@ import pytest
 from textual.message import Message
 from textual.notifications import Notify
 from textual.pilot import Pilot
-from textual.widgets import Input
+from textual.widgets import Input, Static
 
 from kvtui.embedded.server import EmbeddedServer, free_port
-from kvtui.service import KvService
+from kvtui.service import KvService, ServiceError
 from kvtui.settings import Settings, load_settings
 from kvtui.tui.app import KvtuiApp, make_app
 from kvtui.tui.screens.assign_dialog import AssignDialog
 from kvtui.tui.screens.confirm import ConfirmModal
 from kvtui.tui.screens.dashboard import DashboardScreen
+from kvtui.tui.screens.error import ErrorModal
 from kvtui.tui.screens.load_picker import LoadPicker
 from kvtui.tui.screens.settings_form import SettingsScreen
 from kvtui.tui.screens.tag_dialog import TagDialog
@@ -232,3 +233,35 @@ async def test_every_action_is_in_the_command_palette(tmp_path: Path) -> None:
         for binding in DashboardScreen.palette_bindings():
             assert binding.description in titles
             assert binding.id == binding.action
+
+
+async def test_worker_errors_become_a_toast_or_an_error_modal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(make_settings(tmp_path, None, poll_interval=5))
+    app.service.book.resize(4)  # no server: the rows come from kvtui's own book
+    app.service.book.assign(0, "chat", "Alice")
+    messages: list[Message] = []
+
+    async def refused(slot: int) -> int:
+        raise ServiceError(f"Slot {slot} does not exist: the server has slots 0 to 3.")
+
+    async def broken(slot: int) -> int:
+        raise RuntimeError("a bug in kvtui")
+
+    async with app.run_test(size=SIZE, message_hook=messages.append) as pilot:
+        await wait_until(pilot, lambda: cell(app, 0, "character") == "Alice", "rows")
+        monkeypatch.setattr(app.service, "erase", refused)
+        await pilot.press("e", "y")
+        await settle(pilot)
+        assert any("does not exist" in t for t in toasts(messages))
+        assert isinstance(app.screen, DashboardScreen)
+        monkeypatch.setattr(app.service, "erase", broken)
+        await pilot.press("e", "y")
+        await settle(pilot)
+        assert isinstance(app.screen, ErrorModal)
+        details = app.screen.query_one(".error-details Static", Static)
+        assert "RuntimeError: a bug in kvtui" in str(details.content)
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, DashboardScreen)

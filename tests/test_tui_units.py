@@ -7,7 +7,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kvtui.events import Event, Kind, Level
-from kvtui.service import LoadOutcome, SaveOutcome, ServiceError, SlotRow
+from kvtui.service import (
+    ConnectionState,
+    LoadOutcome,
+    SaveOutcome,
+    ServiceError,
+    SlotRow,
+    Snapshot,
+)
 from kvtui.settings import Settings
 from kvtui.tui.format import human_size, local_time, slot_cells
 from kvtui.tui.reports import load_report, save_report
@@ -15,6 +22,7 @@ from kvtui.tui.screens.live import MAX_RETRY_DELAY, retry_delay
 from kvtui.tui.screens.settings_form import keymap_from_text, keymap_to_text, validate_field
 from kvtui.tui.screens.tag_dialog import tag_preview
 from kvtui.tui.widgets.event_log import event_line
+from kvtui.tui.widgets.server_info import server_lines
 
 
 def row(**changes: object) -> SlotRow:
@@ -172,3 +180,33 @@ def test_tag_preview_shows_the_normalised_tag() -> None:
 def test_event_line_is_plain_text() -> None:
     event = Event(Kind.SAVE, "Saved [bold]x[/bold]", Level.INFO, datetime(2026, 1, 1, tzinfo=UTC))
     assert str(event_line(event)).endswith("save        Saved [bold]x[/bold]")
+
+
+def header(state: ConnectionState, error: str | None = None) -> Snapshot:
+    return Snapshot(
+        state=state,
+        server_url="http://127.0.0.1:8080",
+        model="/models/m.gguf",
+        build_info="b1",
+        total_slots=4,
+        n_ctx=1024,
+        save_dir=None,
+        rows=(),
+        error=error,
+        taken_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+def test_header_says_what_the_connection_is_doing() -> None:
+    down = str(server_lines(header(ConnectionState.UNREACHABLE, "No llama-server answers"), 3, 4))
+    assert down.startswith("✕ unreachable, retrying in 4 s (attempt 3)")
+    assert down.endswith("No llama-server answers")
+    assert "saves not set (use --save-dir)" in down and "model m.gguf" in down
+    assert str(server_lines(header(ConnectionState.UNREACHABLE), 1, 0.2)).startswith(
+        "✕ unreachable, retrying now (attempt 1)"
+    )
+    loading = str(server_lines(header(ConnectionState.LOADING, "Loading model"), 1, 1))
+    assert loading.startswith("◌ loading model, retrying in 1 s")
+    ok = str(server_lines(header(ConnectionState.CONNECTED, "stale error"), None, None))
+    assert ok.startswith("● connected   server http://127.0.0.1:8080") and "stale" not in ok
+    assert "slots 4 × 1024 tokens" in ok
