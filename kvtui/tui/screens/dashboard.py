@@ -49,7 +49,7 @@ class DashboardScreen(LiveScreen):
         _binding("r", "refresh", "Refresh", "Poll the server now."),
         _binding("f2", "settings", "Settings", "Edit, validate, save and apply the settings."),
         _binding("question_mark", "help", "Help", "What kvtui does and every key."),
-        _binding("q", "quit", "Quit", "Quit kvtui (llama-server keeps running)."),
+        _binding("q", "quit", "Quit", "Quit kvtui (save files stay on disk)."),
     ]
 
     # -- saving ------------------------------------------------------------------------------
