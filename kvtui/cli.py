@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "ui":
         from kvtui.tui.app import run_dashboard
 
-        return run_dashboard(settings)
+        return run_dashboard(settings, config_path=getattr(args, "config", None))
     if command == "demo":
         from kvtui.demo import run_demo
 

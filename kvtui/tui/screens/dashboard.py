@@ -23,6 +23,7 @@ from kvtui.tui.screens.confirm import ConfirmModal
 from kvtui.tui.screens.help import HelpScreen
 from kvtui.tui.screens.live import LiveScreen
 from kvtui.tui.screens.load_picker import LoadPicker
+from kvtui.tui.screens.prewarm import PrewarmScreen
 from kvtui.tui.screens.settings_form import SettingsScreen
 from kvtui.tui.screens.tag_dialog import TagDialog
 
@@ -46,6 +47,7 @@ class DashboardScreen(LiveScreen):
         _binding("c", "assign", "Assign", "Assign a chat and character to the selected slot."),
         _binding("e", "erase", "Erase", "Erase the selected slot on the server (files stay)."),
         _binding("x", "clear_all", "Clear all", "Erase every slot on the server (files stay)."),
+        _binding("p", "prewarm", "Prewarm", "Warm every chosen member of a chat before it starts."),
         _binding("r", "refresh", "Refresh", "Poll the server now."),
         _binding("f2", "settings", "Settings", "Edit, validate, save and apply the settings."),
         _binding("question_mark", "help", "Help", "What kvtui does and every key."),
@@ -195,6 +197,9 @@ class DashboardScreen(LiveScreen):
             self.app.set_keymap(new.keymap)
             self.read_chat_titles()
             self.notify(f"Saved to {path} and applied.", title="Settings", markup=False)
+
+    def action_prewarm(self) -> None:
+        self.app.push_screen(PrewarmScreen(self.service))
 
     def action_refresh(self) -> None:
         self.poll()
