@@ -111,6 +111,7 @@ async def prewarm(
     started = time.monotonic()
     total = len(prompts)
     in_flight: set[int] = set()
+    slot_of: dict[str, int] = {}
     current: list[str] = []
     semaphore = asyncio.Semaphore(concurrency)
 
@@ -140,9 +141,11 @@ async def prewarm(
             t0 = time.monotonic()
             try:
                 result = await asyncio.wait_for(
-                    _warm(service, chat, choice, in_flight), timeout=timeout
+                    _warm(service, chat, choice, in_flight, slot_of), timeout=timeout
                 )
             except TimeoutError:
+                # The request was cancelled; let the server drop it before the next one starts.
+                await _wait_idle(service, slot_of.get(choice.character))
                 result = CharacterResult(
                     choice.character,
                     Outcome.FAILED,
@@ -178,6 +181,9 @@ async def prewarm(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # The final message promises that nothing kvtui started is still running on the server.
+        for slot in set(slot_of.values()):
+            await _wait_idle(service, slot)
         done = {r.character for r in report.results}
         for choice in prompts:
             if choice.character not in done:
@@ -193,12 +199,17 @@ async def prewarm(
 
 
 async def _warm(
-    service: KvService, chat: str, choice: PromptChoice, in_flight: set[int]
+    service: KvService,
+    chat: str,
+    choice: PromptChoice,
+    in_flight: set[int],
+    slot_of: dict[str, int],
 ) -> CharacterResult:
     assert choice.prompt is not None
     t0 = time.monotonic()
     decision = await service.route(chat, choice.character, GenType.QUIET, protected=in_flight)
     in_flight.add(decision.slot)
+    slot_of[choice.character] = decision.slot
     try:
         completion = await service.client.completion(
             choice.prompt, n_predict=1, id_slot=decision.slot, cache_prompt=True
@@ -215,6 +226,25 @@ async def _warm(
         filename=saved.filename,
         source=choice.source,
     )
+
+
+async def _wait_idle(service: KvService, slot: int | None, limit: float = 30.0) -> None:
+    """Wait (bounded) until ``slot`` stops processing after its request was cancelled.
+
+    llama-server notices a closed connection between batches, so a long prompt stops within
+    one batch's time; a server that cannot be asked is not waited for.
+    """
+    if slot is None:
+        return
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            states = await service.client.slots()
+        except LlamaError:
+            return
+        if not any(s.id == slot and s.is_processing for s in states):
+            return
+        await asyncio.sleep(0.05)
 
 
 def _log_summary(service: KvService, report: PrewarmReport) -> None:

@@ -176,10 +176,7 @@ async def test_cancel_stops_the_server_and_reports(
             "Never": Outcome.CANCELLED,
         }
         async with LlamaClient(two_slot_server.url) as client:
-            for _ in range(100):
-                if not any(s.is_processing for s in await client.slots()):
-                    break
-                await asyncio.sleep(0.05)
+            # The final message arrives only once the server has dropped the request.
             assert not any(s.is_processing for s in await client.slots())
 
 
