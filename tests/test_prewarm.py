@@ -206,3 +206,41 @@ def test_headless_prewarm(clean_server: EmbeddedServer, tmp_path: Path, st_dir: 
         text=True,
     )
     assert proc.returncode == 2 and "Nobody" in proc.stderr
+
+
+async def test_warmed_members_answer_from_cache_through_the_proxy(
+    service: KvService, st_dir: Path
+) -> None:
+    """After prewarm, each member's next SillyTavern request through the proxy hits its cache."""
+    import httpx
+
+    from kvtui.proxy.run import ProxyServer
+
+    st_data = SillyTavernData(st_dir)
+    plan = plan_prewarm(GROUP_CHAT, st_data, None)
+    chosen = plan.default_selection()
+    report = await prewarm(service, plan.chat, plan.selected(chosen))
+    assert report.ok
+    user = st_data.user_name()
+    names = [m.name for m in plan.members]
+    proxy = ProxyServer(service, service.settings, st_data, host="127.0.0.1", port=0)
+    await proxy.start()
+    try:
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=60) as http:
+            for result in report.with_outcome(Outcome.WARMED):
+                prompt = plan.choices[result.character].prompt
+                stop = [f"\n{user}:"] + [f"\n{n}:" for n in names if n != result.character]
+                body = {
+                    "prompt": prompt,
+                    "n_predict": 8,
+                    "stop": stop,
+                    "cache_prompt": True,
+                    "stream": False,
+                }
+                resp = await http.post("/completion", json=body)
+                assert resp.status_code == 200, resp.text
+                timings = resp.json()["timings"]
+                assert timings["cache_n"] >= result.tokens - 2, (result.character, timings)
+                await proxy.app.settled()
+    finally:
+        await proxy.stop()
