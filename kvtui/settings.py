@@ -23,6 +23,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from kvtui.atomic import write_atomic
+
 CONFIG_ENV = "KVTUI_CONFIG"
 
 
@@ -218,11 +220,7 @@ def settings_to_toml(settings: Settings) -> dict[str, Any]:
 def save_settings(settings: Settings, path: Path | None = None) -> Path:
     """Write ``settings`` to the TOML file atomically and return its path."""
     target = path or default_config_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(tomli_w.dumps(settings_to_toml(settings)), encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return write_atomic(target, tomli_w.dumps(settings_to_toml(settings)))
 
 
 def field_descriptions() -> dict[str, str]:

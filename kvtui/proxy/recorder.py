@@ -12,11 +12,12 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from kvtui.atomic import write_atomic
 
 
 @dataclass(frozen=True)
@@ -55,19 +56,8 @@ class PromptRecorder:
             "recorded_at": datetime.now(UTC).isoformat(),
         }
         target = self._path(chat, character)
-        # mkstemp creates the file with mode 0600 before anything is written into it.
-        fd, tmp = tempfile.mkstemp(prefix=".prompt-", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, ensure_ascii=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return target
+        # The temporary file is created with mode 0600 before anything is written into it.
+        return write_atomic(target, json.dumps(data, ensure_ascii=False))
 
     def last_request(self, chat: str, character: str) -> RecordedPrompt | None:
         """The recorded prompt with its body, or ``None`` when nothing (readable) is recorded."""

@@ -19,17 +19,16 @@ Decisions the seed leaves open:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeGuard
+
+from kvtui.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -286,24 +285,7 @@ class SlotBook:
 
     def save_atomic(self, path: Path) -> None:
         """Write the book so a reader sees the old or the new file, never half of one."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self.to_json())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):  # make the rename itself durable where possible
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        write_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path, n_slots: int = 0) -> SlotBook:

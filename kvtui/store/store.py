@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from kvtui.atomic import write_atomic
 from kvtui.store.names import (
     BIN_SUFFIX,
     check_filename,
@@ -220,18 +220,7 @@ class SaveStore:
     def write_meta(self, filename: str, meta: SaveMeta) -> None:
         """Write ``NAME.bin.json`` atomically (temp file, fsync, ``os.replace``)."""
         path = self.path_for(filename)
-        data = meta.model_dump_json(indent=2).encode("utf-8")
-        fd, tmp = tempfile.mkstemp(prefix=".kvtui-", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path.with_name(path.name + SIDECAR_SUFFIX))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path.with_name(path.name + SIDECAR_SUFFIX), meta.model_dump_json(indent=2))
         parsed = parse_save_name(filename)
         if parsed is not None and not parsed.legacy:
             with self._lock:
