@@ -142,6 +142,8 @@ class KvService:
         since the restart shows no ``id_task``. kvtui cannot see a restore into such a slot in
         ``/slots``, so it only trusts its own count while the task ids keep growing.
         """
+        if not self._last_task_ids:
+            self._reconcile_first(slots)
         lost = False
         for slot in slots:
             task = slot.id_task
@@ -166,6 +168,31 @@ class KvService:
         for slot in slots:
             if slot.n_prompt_tokens is not None and slot.id < self.book.n_slots:
                 self.book.set_tokens(slot.id, slot.n_prompt_tokens)
+
+    def _reconcile_first(self, slots: Sequence[SlotState]) -> None:
+        """First look at the server since kvtui started: did it restart while kvtui was away?
+
+        A slot that has run no task since the server started shows no ``id_task``. If the
+        book says a character is there with work in it, that work is gone (or was a restore
+        that nothing used since, which restoring again repeats exactly), so the character is
+        restored from its latest save on its next request.
+        """
+        fresh = [
+            s.id
+            for s in slots
+            if s.id_task is None
+            and s.id < self.book.n_slots
+            and self.book.record(s.id).occupied
+            and (self.book.record(s.id).autoload_done or self.book.record(s.id).tokens)
+        ]
+        forgotten = self.book.mark_lost(fresh)
+        if forgotten:
+            self.events.warning(
+                Kind.CONNECTION,
+                f"llama-server no longer holds the caches of {', '.join(forgotten)}; each is "
+                "restored from its latest save on its next request.",
+            )
+            self.persist()
 
     def snapshot(self, slots: Sequence[SlotState] = (), error: str | None = None) -> Snapshot:
         by_id = {s.id: s for s in slots}

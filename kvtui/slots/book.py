@@ -239,8 +239,13 @@ class SlotBook:
     def mark_all_lost(self) -> list[str]:
         """The server lost every cache (it restarted): keep who sits where, but each resident
         must be restored again and has nothing unsaved worth saving. Returns their names."""
+        return self.mark_lost(range(self.n_slots))
+
+    def mark_lost(self, slots: Iterable[int]) -> list[str]:
+        """Like :meth:`mark_all_lost`, for the given slots only."""
         names: list[str] = []
-        for record in self._records:
+        for slot in slots:
+            record = self._records[slot]
             if record.occupied:
                 assert record.character is not None
                 names.append(record.character)
