@@ -1,0 +1,3 @@
+"""kvtui's benchmarks: run ``python -m benchmarks [NAME ...] [--quick]`` (see README.md)."""
+
+from __future__ import annotations

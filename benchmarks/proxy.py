@@ -1,0 +1,257 @@
+"""Benchmark 2: what kvtui's routing proxy adds to a request.
+
+The proxy runs as users run it: ``kvtui proxy`` in its own process (with a SillyTavern data
+directory, the automatic mode, and without one), and inside the dashboard (a real ``kvtui``
+process in a pseudo-terminal, where the proxy shares the event loop with the Textual app). The
+same SillyTavern-shaped one-token ``/completion`` on a cached prompt is sent directly to
+llama-server and through each proxy, rotating request by request; then a long streamed generation
+(2000 tokens, ``ignore_eos``) directly and through the proxies, alternating. The client is a plain
+kept-alive ``http.client`` connection, identical for every side.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.common import (
+    Context,
+    Figure,
+    heading,
+    kvtui_command,
+    median,
+    ms,
+    note,
+    percentile,
+    start_server,
+    stop_process,
+    wait_for_port,
+)
+from benchmarks.st import (
+    USER,
+    Prose,
+    chat_prompt,
+    group_stop,
+    last_sse_event,
+    st_body,
+    story_string,
+)
+from benchmarks.wire import Wire
+from kvtui.embedded.server import free_port
+from kvtui.sillytavern import copy_sample
+
+NAME = "proxy"
+MEMBERS = ["Seraphina", "Kael", "Mira", "Brann"]
+TARGETED = ("proxy", "proxy in the dashboard")
+"""The sides the targets apply to (how users run kvtui with SillyTavern)."""
+
+
+@dataclass
+class ProxyProcess:
+    """A kvtui process serving the proxy at ``url``."""
+
+    name: str
+    pid: int
+    url: str
+    log: Path | None
+    stop: Callable[[], None]
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_proxy(
+    ctx: Context, name: str, server_url: str, save_dir: Path, st_dir: Path | None
+) -> ProxyProcess:
+    """``kvtui proxy`` on a free port, with its own state directory; waits until it answers."""
+    home = ctx.dir(f"{NAME}-{name.replace(' ', '-')}")
+    port = free_port()
+    cmd = kvtui_command() + ["proxy", "--server", server_url, "--save-dir", str(save_dir)]
+    if st_dir is not None:
+        cmd += ["--st-dir", str(st_dir)]
+    cmd += ["--listen", f"127.0.0.1:{port}"]
+    env = dict(os.environ, KVTUI_STATE_DIR=str(home / "state"))
+    log = home / "proxy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_port(url)
+    except TimeoutError:
+        stop_process(proc)
+        raise RuntimeError(f"kvtui proxy did not start:\n{log.read_text()[-2000:]}") from None
+    return ProxyProcess(name, proc.pid, url, log, lambda: stop_process(proc))
+
+
+def start_dashboard(
+    ctx: Context, name: str, server_url: str, save_dir: Path, st_dir: Path
+) -> ProxyProcess:
+    """The ``kvtui`` dashboard in a pty, its proxy (automatic mode, on by default) on a free
+    port; waits until the proxy answers."""
+    from benchmarks.idle import Terminal
+
+    home = ctx.dir(f"{NAME}-{name.replace(' ', '-')}")
+    port = free_port()
+    argv = kvtui_command() + ["--server", server_url, "--save-dir", str(save_dir)]
+    argv += ["--st-dir", str(st_dir)]
+    env = dict(
+        os.environ,
+        TERM="xterm-256color",
+        KVTUI_STATE_DIR=str(home / "state"),
+        KVTUI_PROXY_LISTEN=f"127.0.0.1:{port}",
+    )
+    term = Terminal(argv, env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_port(url)
+    except TimeoutError:
+        term.stop()
+        raise RuntimeError(f"the dashboard's proxy did not start: {term.tail[-1500:]!r}") from None
+    return ProxyProcess(name, term.pid, url, None, term.stop)
+
+
+def _prompt() -> str:
+    prose = Prose(11)
+    story = story_string(
+        "Seraphina",
+        prose.paragraph(600),
+        "Seraphina is a gentle forest guardian. " + prose.paragraph(900),
+        prose.paragraph(200),
+        f"{USER} is a traveler. " + prose.paragraph(150),
+    )
+    lines = [(USER if i % 2 == 0 else MEMBERS[i % 4], prose.line(160)) for i in range(6)]
+    return chat_prompt(story, lines, "Seraphina")
+
+
+async def run(ctx: Context) -> None:
+    heading("2. Proxy overhead (kvtui proxy, and the proxy inside the dashboard)")
+    server = start_server(ctx, NAME, n_slots=2, n_ctx=8192, cache_ram_mib=0)
+    assert server.save_dir is not None
+    st_dir = copy_sample(ctx.dir(NAME) / "st-data")
+    proxies: list[ProxyProcess] = []
+    try:
+        proxies.append(start_proxy(ctx, "proxy", server.url, server.save_dir, st_dir))
+        proxies.append(start_proxy(ctx, "proxy without ST dir", server.url, server.save_dir, None))
+        proxies.append(
+            start_dashboard(ctx, "proxy in the dashboard", server.url, server.save_dir, st_dir)
+        )
+        _latency(ctx, server.url, proxies)
+        _throughput(ctx, server.url, [proxies[0], proxies[2]], "")
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        server.stop()
+    # The same with a core left free for the proxy (as on a GPU box, where generation does not
+    # need every CPU core): how much of the throughput loss is the proxy competing for CPU.
+    server = start_server(ctx, f"{NAME}-1thread", n_slots=2, n_ctx=8192, cache_ram_mib=0, threads=1)
+    assert server.save_dir is not None
+    proxy = start_proxy(ctx, "proxy", server.url, server.save_dir, st_dir)
+    try:
+        _throughput(ctx, server.url, [proxy], " (server on 1 thread)")
+    finally:
+        proxy.stop()
+        server.stop()
+
+
+def _latency(ctx: Context, direct_url: str, proxies: list[ProxyProcess]) -> None:
+    prompt = _prompt()
+    body = st_body(prompt, group_stop("Seraphina", MEMBERS), stream=False, n_predict=1)
+    sides = [("direct", Wire(direct_url))] + [(p.name, Wire(p.url)) for p in proxies]
+    n = ctx.reps(300, 100)
+    first = sides[0][1].post("/completion", body).json()
+    note(
+        f"prompt {first['tokens_evaluated']} tokens, n_predict 1, cached; {n} requests per "
+        f"side, rotating {' / '.join(name for name, _ in sides)}"
+    )
+    for _ in range(10):  # warm-up: chat switch, routing, connection pools
+        for _, wire in sides:
+            wire.post("/completion", body)
+    times: dict[str, list[float]] = {name: [] for name, _ in sides}
+    uncached = 0
+    cpu_before = [p.cpu_seconds() for p in proxies]
+    for i in range(n):
+        shift = i % len(sides)
+        for name, wire in sides[shift:] + sides[:shift]:
+            reply = wire.post("/completion", body)
+            if reply.status != 200:
+                raise RuntimeError(f"{name}: HTTP {reply.status}: {reply.body[:300]!r}")
+            times[name].append(reply.seconds)
+            if reply.json()["timings"]["prompt_n"] > 1:
+                uncached += 1
+    cpu_after = [p.cpu_seconds() for p in proxies]
+    for _, wire in sides:
+        wire.close()
+    if uncached:
+        note(f"WARNING: {uncached} requests were not fully cached")
+    d50, d99 = ms(median(times["direct"])), ms(percentile(times["direct"], 99))
+    ctx.add(Figure(NAME, "direct: p50 latency", d50, "ms", headline=True))
+    ctx.add(Figure(NAME, "direct: p99 latency", d99, "ms"))
+    for proxy, before, after in zip(proxies, cpu_before, cpu_after, strict=True):
+        p50, p99 = ms(median(times[proxy.name])), ms(percentile(times[proxy.name], 99))
+        primary = proxy.name in TARGETED
+        ctx.add(Figure(NAME, f"{proxy.name}: p50 latency", p50, "ms", headline=primary))
+        ctx.add(Figure(NAME, f"{proxy.name}: p99 latency", p99, "ms"))
+        target, ok = ("<= 2 ms", p50 - d50 <= 2.0) if primary else (None, None)
+        ctx.add(
+            Figure(NAME, f"{proxy.name}: p50 overhead", p50 - d50, "ms", target, ok, headline=True)
+        )
+        cpu = ms(after - before) / n
+        ctx.add(Figure(NAME, f"{proxy.name}: kvtui process CPU per request", cpu, "ms"))
+
+
+def _throughput(ctx: Context, direct_url: str, proxies: list[ProxyProcess], label: str) -> None:
+    prose = Prose(12)
+    prompt = chat_prompt(
+        story_string(
+            "Kael",
+            prose.paragraph(300),
+            "Kael is a ranger. " + prose.paragraph(300),
+            prose.paragraph(100),
+            prose.paragraph(80),
+        ),
+        [(USER, prose.line(120))],
+        "Kael",
+    )
+    body = st_body(prompt, group_stop("Kael", MEMBERS), stream=True, n_predict=2000)
+    body["ignore_eos"] = True
+    reps = ctx.reps(5, 2)
+    note(f"streamed generation of 2000 tokens (ignore_eos){label}, {reps} rotating repetitions")
+    sides = [("direct", Wire(direct_url))] + [(p.name, Wire(p.url)) for p in proxies]
+    for _, wire in sides:  # warm-up, and the prompt is cached for every side
+        wire.post("/completion", dict(body, n_predict=16))
+    cpu_before = {p.name: p.cpu_seconds() for p in proxies}
+    rate: dict[str, list[float]] = {name: [] for name, _ in sides}
+    server_rate: dict[str, list[float]] = {name: [] for name, _ in sides}
+    tokens_seen: dict[str, int] = {name: 0 for name, _ in sides}
+    for rep in range(reps):
+        shift = rep % len(sides)
+        for name, wire in sides[shift:] + sides[:shift]:
+            reply = wire.post("/completion", body)
+            final = last_sse_event(reply.body)
+            tokens = int(final["timings"]["predicted_n"])
+            tokens_seen[name] += tokens
+            rate[name].append(tokens / reply.seconds)
+            server_rate[name].append(float(final["timings"]["predicted_per_second"]))
+    cpu = {p.name: p.cpu_seconds() - cpu_before[p.name] for p in proxies}
+    for _, wire in sides:
+        wire.close()
+    direct = median(rate["direct"])
+    ctx.add(Figure(NAME, f"direct: streamed tokens/s{label}", direct, "tok/s", headline=True))
+    for proxy in proxies:
+        proxied = median(rate[proxy.name])
+        name = f"{proxy.name}: streamed tokens/s{label}"
+        ctx.add(Figure(NAME, name, proxied, "tok/s", headline=True))
+        ratio = proxied / direct * 100
+        main = not label and proxy.name in TARGETED
+        target, ok = (">= 95%", ratio >= 95) if main else (None, None)
+        name = f"{proxy.name} / direct streamed throughput{label}"
+        ctx.add(Figure(NAME, name, ratio, "%", target, ok, headline=True))
+        per_token = ms(cpu[proxy.name]) / tokens_seen[proxy.name] * 1000
+        name = f"{proxy.name}: kvtui process CPU per streamed token{label}"
+        ctx.add(Figure(NAME, name, per_token, "us"))
+    rates = ", ".join(f"{name} {median(values):.0f}" for name, values in server_rate.items())
+    note(f"server-side predicted_per_second (tok/s): {rates}")
