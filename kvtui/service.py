@@ -10,6 +10,7 @@ HTTP themselves; they call this and read its frozen snapshots.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -64,6 +65,7 @@ class KvService:
         self._lock = asyncio.Lock()
         self._last_task_ids: dict[int, int] = {}
         self._last_error: str | None = None
+        self._last_poll: tuple[float, Snapshot] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -76,6 +78,15 @@ class KvService:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    async def watch_saves(self, stop_event: asyncio.Event) -> None:
+        """Keep the save index current from file-system events until ``stop_event`` is set.
+
+        While it runs, lookups (autoload's latest save, rotation, the picker) use the index
+        instead of rescanning a directory that may hold tens of thousands of saves.
+        """
+        if self.store is not None:
+            await self.store.watch(lambda: None, stop_event)
 
     def persist(self) -> None:
         """Write the slot book atomically (it survives a crash or a restart of kvtui)."""
@@ -104,8 +115,14 @@ class KvService:
 
     # -- polling -----------------------------------------------------------------------------
 
-    async def refresh(self) -> Snapshot:
-        """Poll the server once and return what the dashboard shows. Never raises."""
+    async def refresh(self, *, max_age: float = 0.0) -> Snapshot:
+        """Poll the server once and return what the dashboard shows. Never raises.
+
+        With ``max_age``, a poll younger than that many seconds is reused instead (the proxy
+        polls around every generation; back-to-back requests need not ask twice).
+        """
+        if max_age and self._last_poll and time.monotonic() - self._last_poll[0] < max_age:
+            return self._last_poll[1]
         previous = self.state
         slots: list[SlotState] = []
         error: str | None = None
@@ -124,7 +141,9 @@ class KvService:
             self._on_state_change(previous, error)
         if slots:
             self._reconcile(slots)
-        return self.snapshot(slots, error)
+        snap = self.snapshot(slots, error)
+        self._last_poll = (time.monotonic(), snap) if slots else None
+        return snap
 
     def _on_state_change(self, previous: ConnectionState, error: str | None) -> None:
         if self.state is ConnectionState.CONNECTED:

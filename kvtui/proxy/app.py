@@ -625,7 +625,7 @@ class ProxyApp:
         """Poll ``/slots`` around each generation: a restarted llama-server (its task ids start
         again) is noticed before routing, so caches it lost are restored, not assumed."""
         try:
-            await self.service.refresh()
+            await self.service.refresh(max_age=0.25)
         except Exception as err:
             self.service.events.error(Kind.CONNECTION, f"Could not poll llama-server: {err!r}")
 

@@ -324,6 +324,10 @@ class SaveStore:
         except OSError:
             return None
 
+    def ensure_fresh(self) -> None:
+        """Bring the index up to date, cheaply when nothing can have changed."""
+        self._fresh()
+
     def _fresh(self) -> None:
         """Rescan unless nothing can have been added or removed since the last scan: a running
         ``watch`` keeps the index current, or the directory's mtime is unchanged (and was

@@ -47,12 +47,16 @@ class KvtuiApp(App[int]):
         self.proxy: ProxyServer | None = None
         self._automatic_stop = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
+        self._saves_task: asyncio.Task[None] | None = None
 
     def get_default_screen(self) -> Screen[None]:
         return DashboardScreen(self.service, config_path=self.config_path)
 
     async def on_mount(self) -> None:
         self.set_keymap(self.settings.keymap)
+        self._saves_task = asyncio.create_task(
+            self.service.watch_saves(self._automatic_stop), name="kvtui-save-watcher"
+        )
         if self.automatic:
             await self.start_automatic()
 
@@ -87,10 +91,11 @@ class KvtuiApp(App[int]):
 
     async def stop_automatic(self) -> None:
         self._automatic_stop.set()
-        if self._watch_task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._watch_task, timeout=3)
-            self._watch_task = None
+        for task in (self._watch_task, self._saves_task):
+            if task is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(task, timeout=3)
+        self._watch_task = self._saves_task = None
         if self.proxy is not None:
             await self.proxy.stop()
             self.proxy = None

@@ -82,7 +82,7 @@ def chat_titles(st_dir: Path | None) -> dict[str, str]:
 def picker_data(service: KvService, fallback_chat: str | None = None) -> PickerData:
     """Every save in the directory, the chat to list first, and the chats' names."""
     store = service.require_store()
-    store.rescan()
+    store.ensure_fresh()
     return PickerData(
         store.entries(),
         current_chat(service) or fallback_chat,
