@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 from kvtui.events import EventLog, Kind
-from kvtui.llama import LlamaClient, LlamaError, ModelLoading, ServerUnreachable
+from kvtui.llama import LlamaClient, LlamaError, ModelLoading, RestoreFailed, ServerUnreachable
 from kvtui.llama.models import Props, SlotState
 from kvtui.outcomes import (
     ConnectionState,
@@ -276,6 +276,21 @@ class KvService:
         character: str | None = None,
         tag: str | None = None,
         autosave: bool = False,
+    ) -> SaveOutcome:
+        """Save one slot to a new file (see :meth:`_save_slot`); one operation at a time."""
+        async with self._lock:
+            return await self._save_slot(
+                slot, chat=chat, character=character, tag=tag, autosave=autosave
+            )
+
+    async def _save_slot(
+        self,
+        slot: int,
+        *,
+        chat: str | None = None,
+        character: str | None = None,
+        tag: str | None = None,
+        autosave: bool = False,
         track: bool = True,
     ) -> SaveOutcome:
         """Save one slot to a new file named by the seed's scheme; rotate when untagged.
@@ -384,6 +399,12 @@ class KvService:
         self, filename: str, slot: int | None = None, *, protected: Iterable[int] = ()
     ) -> LoadOutcome:
         """Restore a save into ``slot``, or into the slot the seed's allocation picks."""
+        async with self._lock:
+            return await self._load(filename, slot, protected=protected)
+
+    async def _load(
+        self, filename: str, slot: int | None, *, protected: Iterable[int]
+    ) -> LoadOutcome:
         entry = self._entry(filename)
         await self._ensure_props()
         evicted_name: str | None = None
@@ -394,7 +415,13 @@ class KvService:
                 evicted_name = allocation.evicted.character
                 await self._evict(allocation.evicted)
         self._check_slot(slot)
-        result = await self.client.restore(slot, entry.filename)
+        try:
+            result = await self.client.restore(slot, entry.filename)
+        except RestoreFailed:
+            # The server cleared the slot when the restore failed: nobody is in it any more.
+            self.book.release(slot)
+            self.persist()
+            raise
         self.book.assign(slot, entry.chat, entry.character)
         self.book.mark_loaded(slot, entry.filename, result.n_restored)
         self.persist()
@@ -445,7 +472,7 @@ class KvService:
         saved: SaveOutcome | None = None
         if record.usage >= 1 and record.chat and record.character and self.store is not None:
             try:
-                saved = await self.save_slot(
+                saved = await self._save_slot(
                     record.slot,
                     chat=record.chat,
                     character=record.character,
@@ -473,6 +500,10 @@ class KvService:
 
     async def assign(self, slot: int, chat: str, character: str) -> None:
         """Put a character in a slot by hand (its cache follows on its next generation)."""
+        async with self._lock:
+            await self._assign(slot, chat, character)
+
+    async def _assign(self, slot: int, chat: str, character: str) -> None:
         await self._ensure_props()
         self._check_slot(slot)
         other = self.book.find(chat, character)
@@ -484,6 +515,10 @@ class KvService:
 
     async def erase(self, slot: int) -> int:
         """Erase a slot's cache on the server and forget who was in it. Files stay."""
+        async with self._lock:
+            return await self._erase(slot)
+
+    async def _erase(self, slot: int) -> int:
         await self._ensure_props()
         self._check_slot(slot)
         result = await self.client.erase(slot)
@@ -496,6 +531,10 @@ class KvService:
 
     async def clear_all(self) -> None:
         """Erase every slot (the seed's "clear all slots"; caches on disk stay)."""
+        async with self._lock:
+            await self._clear_all()
+
+    async def _clear_all(self) -> None:
         props = await self._ensure_props()
         for slot in range(props.total_slots):
             await self.client.erase(slot)
@@ -598,7 +637,7 @@ class KvService:
                 self.persist()
                 return None
             try:
-                return await self.save_slot(slot, autosave=True)
+                return await self._save_slot(slot, autosave=True)
             except (ServiceError, LlamaError) as err:
                 self.events.error(Kind.AUTOSAVE, f"Autosave of slot {slot} failed: {err}")
                 return None
@@ -616,7 +655,7 @@ class KvService:
             for record in self.book.snapshot():
                 if record.character and record.chat and record.usage >= 1 and self.store:
                     try:
-                        saved.append(await self.save_slot(record.slot, autosave=True))
+                        saved.append(await self._save_slot(record.slot, autosave=True))
                     except (ServiceError, LlamaError) as err:
                         self.events.error(
                             Kind.CHAT_SWITCH, f"Could not save {record.character}: {err}"

@@ -56,3 +56,27 @@ async def test_server_restart_while_kvtui_was_down_restores(tmp_path: Path) -> N
             assert decision.restored is not None and decision.restored.n_restored == n_saved
             result = await second.client.completion(PROMPT, n_predict=1, id_slot=decision.slot)
             assert result.timings.cache_n >= n_saved - 1
+
+
+async def test_a_failed_restore_frees_the_slot_in_the_book(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """The server clears a slot whose restore failed; the book must not claim it is still full."""
+    import pytest
+
+    from kvtui.llama import RestoreFailed
+
+    settings = settings_for(clean_server, tmp_path)
+    async with KvService(settings) as service:
+        await service.refresh()
+        await fill_and_save(service)
+        store = service.require_store()
+        name = store.new_filename("chat", "Kael")
+        (store.directory / name).write_bytes(b"not a slot save")
+        store.rescan()
+        slot = service.book.find("chat", "Seraphina")
+        assert slot is not None
+        with pytest.raises(RestoreFailed):
+            await service.load(name, slot)
+        assert service.book.record(slot).character is None
+        assert service.book.find("chat", "Kael") is None
