@@ -27,7 +27,7 @@ from kvtui.outcomes import (
     Snapshot,
 )
 from kvtui.settings import Settings
-from kvtui.slots import GenType, SlotBook, SlotRecord
+from kvtui.slots import Allocation, GenType, SlotBook, SlotBookError, SlotRecord
 from kvtui.store import SaveEntry, SaveMeta, SaveStore, is_valid_save
 
 __all__ = [
@@ -66,6 +66,7 @@ class KvService:
         self._last_task_ids: dict[int, int] = {}
         self._last_error: str | None = None
         self._last_poll: tuple[float, Snapshot] | None = None
+        self._poll_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -121,8 +122,12 @@ class KvService:
         With ``max_age``, a poll younger than that many seconds is reused instead (the proxy
         polls around every generation; back-to-back requests need not ask twice).
         """
-        if max_age and self._last_poll and time.monotonic() - self._last_poll[0] < max_age:
-            return self._last_poll[1]
+        async with self._poll_lock:  # overlapping polls could see task ids go backwards
+            if max_age and self._last_poll and time.monotonic() - self._last_poll[0] < max_age:
+                return self._last_poll[1]
+            return await self._refresh()
+
+    async def _refresh(self) -> Snapshot:
         previous = self.state
         slots: list[SlotState] = []
         error: str | None = None
@@ -311,18 +316,26 @@ class KvService:
             )
         filename = store.new_filename(chat, character, tag=tag)
         result = await self.client.save(slot, filename)
-        if not is_valid_save(
+        try:
+            on_disk = store.path_for(filename).stat().st_size
+        except OSError:
+            on_disk = -1
+        if on_disk != result.n_written or not is_valid_save(
             result.n_saved,
             result.n_written,
             min_tokens=max(1, self.settings.min_save_tokens),
             min_bytes=self.settings.min_save_bytes,
         ):
-            store.delete(filename)
-            reason = (
-                "the slot is empty"
-                if result.n_saved == 0
-                else f"{result.n_saved} tokens / {result.n_written} bytes is below the minimum"
-            )
+            store.delete(filename)  # only the new file: older saves are never touched
+            if result.n_saved == 0:
+                reason = "the slot is empty"
+            elif result.n_written == 0 or on_disk != result.n_written:
+                reason = (
+                    f"llama-server could not write the file ({result.n_written} bytes reported, "
+                    f"{max(on_disk, 0)} on disk): is its disk full?"
+                )
+            else:
+                reason = f"{result.n_saved} tokens / {result.n_written} bytes is below the minimum"
             raise ServiceError(f"Save of slot {slot} discarded: {reason}.")
         now = datetime.now(UTC)
         store.write_meta(
@@ -409,11 +422,23 @@ class KvService:
         await self._ensure_props()
         evicted_name: str | None = None
         if slot is None:
-            allocation = self.book.allocate(entry.chat, entry.character, protected=set(protected))
+            allocation = self._allocate(entry.chat, entry.character, protected)
             slot = allocation.slot
-            if allocation.evicted is not None and allocation.evicted.character:
-                evicted_name = allocation.evicted.character
-                await self._evict(allocation.evicted)
+            evicted = allocation.evicted
+            if evicted is not None and evicted.chat and evicted.character:
+                evicted_name = evicted.character
+                saved = await self._evict(evicted)
+                if saved is None and evicted.usage >= 1 and self.store is not None:
+                    # Its save failed: put it back rather than restore over unsaved work.
+                    self.book.assign(slot, evicted.chat, evicted.character)
+                    self.persist()
+                    raise ServiceError(
+                        f"Could not save {evicted.character} before evicting it; "
+                        f"{entry.character} was not loaded."
+                    )
+        else:
+            self._check_slot(slot)
+            await self._save_before_replacing(slot, entry.chat, entry.character)
         self._check_slot(slot)
         try:
             result = await self.client.restore(slot, entry.filename)
@@ -467,6 +492,25 @@ class KvService:
             outcomes.append(outcome)
         return outcomes
 
+    async def _save_before_replacing(self, slot: int, chat: str, character: str) -> None:
+        """Before someone else takes ``slot`` by hand, save its occupant when it was used.
+
+        Raises ``ServiceError`` (and nothing changes) when that save fails.
+        """
+        record = self.book.record(slot)
+        if not record.occupied or (record.chat, record.character) == (chat, character):
+            return
+        if record.usage >= 1 and record.chat and record.character and self.store is not None:
+            try:
+                await self._save_slot(
+                    slot, chat=record.chat, character=record.character, autosave=True, track=False
+                )
+            except (ServiceError, LlamaError, OSError) as err:
+                raise ServiceError(
+                    f"Could not save {record.character} from slot {slot} first ({err}); "
+                    "nothing was changed."
+                ) from err
+
     async def _evict(self, record: SlotRecord) -> SaveOutcome | None:
         """Save an evicted character first when it was used at least once (the seed's rule)."""
         saved: SaveOutcome | None = None
@@ -479,7 +523,7 @@ class KvService:
                     autosave=True,
                     track=False,
                 )
-            except (ServiceError, LlamaError) as err:
+            except (ServiceError, LlamaError, OSError) as err:
                 self.events.error(
                     Kind.EVICT, f"Could not save {record.character} before eviction: {err}"
                 )
@@ -488,6 +532,12 @@ class KvService:
             f"Evicted {record.character} from slot {record.slot} (usage {record.usage}).",
         )
         return saved
+
+    def _allocate(self, chat: str, character: str, protected: Iterable[int]) -> Allocation:
+        try:
+            return self.book.allocate(chat, character, protected=set(protected))
+        except SlotBookError as err:
+            raise ServiceError(f"No slot for {character}: {err}") from err
 
     # -- slots -------------------------------------------------------------------------------
 
@@ -506,6 +556,7 @@ class KvService:
     async def _assign(self, slot: int, chat: str, character: str) -> None:
         await self._ensure_props()
         self._check_slot(slot)
+        await self._save_before_replacing(slot, chat, character)
         other = self.book.find(chat, character)
         if other is not None and other != slot:
             self.book.release(other)
@@ -561,7 +612,7 @@ class KvService:
             evicted: SaveOutcome | None = None
             evicted_character: str | None = None
             if slot is None:
-                allocation = self.book.allocate(chat, character, protected=set(protected))
+                allocation = self._allocate(chat, character, protected)
                 slot = allocation.slot
                 if allocation.evicted is not None and allocation.evicted.character:
                     evicted_character = allocation.evicted.character
@@ -616,10 +667,22 @@ class KvService:
         )
 
     async def finish_generation(
-        self, slot: int, *, counts_message: bool, tokens: int | None = None
+        self,
+        slot: int,
+        *,
+        counts_message: bool,
+        tokens: int | None = None,
+        chat: str | None = None,
+        character: str | None = None,
     ) -> SaveOutcome | None:
-        """Count a finished generation's message and autosave every N messages."""
+        """Count a finished generation's message and autosave every N messages.
+
+        With ``chat`` and ``character`` (who the generation was routed for), nothing is
+        counted when someone else has taken the slot meanwhile (a load or a chat switch).
+        """
         async with self._lock:
+            if character is not None and self.book.find(chat or "", character) != slot:
+                return None
             if tokens is not None:
                 self.book.set_tokens(slot, tokens)
             if not counts_message:
@@ -638,7 +701,7 @@ class KvService:
                 return None
             try:
                 return await self._save_slot(slot, autosave=True)
-            except (ServiceError, LlamaError) as err:
+            except (ServiceError, LlamaError, OSError) as err:
                 self.events.error(Kind.AUTOSAVE, f"Autosave of slot {slot} failed: {err}")
                 return None
 
@@ -652,29 +715,37 @@ class KvService:
             if not self.settings.clear_on_chat_switch:
                 return []
             saved: list[SaveOutcome] = []
+            unsaved: set[int] = set()
             for record in self.book.snapshot():
                 if record.character and record.chat and record.usage >= 1 and self.store:
                     try:
                         saved.append(await self._save_slot(record.slot, autosave=True))
-                    except (ServiceError, LlamaError) as err:
+                    except (ServiceError, LlamaError, OSError) as err:
                         self.events.error(
-                            Kind.CHAT_SWITCH, f"Could not save {record.character}: {err}"
+                            Kind.CHAT_SWITCH,
+                            f"Could not save {record.character}: {err}. Its slot is kept, "
+                            "not erased.",
                         )
+                        unsaved.add(record.slot)
             props = await self._ensure_props()
+            free: list[int] = []
             for slot in range(props.total_slots):
+                if slot in unsaved:
+                    continue  # never erase work that could not be saved
                 try:
                     await self.client.erase(slot)
                 except LlamaError as err:
                     self.events.error(Kind.CHAT_SWITCH, f"Could not erase slot {slot}: {err}")
-            self.book.clear_all()
-            for slot, character in zip(range(props.total_slots), characters, strict=False):
+                self.book.release(slot)
+                free.append(slot)
+            for slot, character in zip(free, characters, strict=False):
                 self.book.assign(slot, chat, character)
             self.persist()
-            placed = min(len(characters), props.total_slots)
+            placed = min(len(characters), len(free))
             self.events.info(
                 Kind.CHAT_SWITCH,
                 f"Chat switch {previous or '(none)'} → {chat}: saved {len(saved)}, "
-                f"cleared {props.total_slots} slots, placed {placed}.",
+                f"cleared {len(free)} slots, placed {placed}.",
             )
             return saved
 

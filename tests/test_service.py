@@ -80,3 +80,28 @@ async def test_a_failed_restore_frees_the_slot_in_the_book(
             await service.load(name, slot)
         assert service.book.record(slot).character is None
         assert service.book.find("chat", "Kael") is None
+
+
+def test_a_save_the_server_could_not_write_is_not_a_save() -> None:
+    from kvtui.store import is_valid_save
+
+    assert is_valid_save(4096, 2_000_000)
+    assert not is_valid_save(4096, 0)  # disk full: the server still answers 200
+    assert not is_valid_save(0, 48)  # an empty slot
+
+
+async def test_assigning_over_a_used_character_saves_it_first(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    settings = settings_for(clean_server, tmp_path)
+    async with KvService(settings) as service:
+        await service.refresh()
+        decision = await service.route("chat", "Seraphina", GenType.NORMAL)
+        await service.client.completion(PROMPT, n_predict=1, id_slot=decision.slot)
+        store = service.require_store()
+        assert store.latest("chat", "Seraphina") is None
+        await service.assign(decision.slot, "chat", "Kael")
+        store.rescan()
+        latest = store.latest("chat", "Seraphina")
+        assert latest is not None and latest.n_saved
+        assert service.book.find("chat", "Kael") == decision.slot

@@ -613,7 +613,11 @@ class ProxyApp:
         tokens = observer.cached_tokens() if ok and outcome.completed else None
         try:
             await self.service.finish_generation(
-                routed.slot, counts_message=routed.counts_message and delivered, tokens=tokens
+                routed.slot,
+                counts_message=routed.counts_message and delivered,
+                tokens=tokens,
+                chat=routed.identity.chat,
+                character=routed.identity.character,
             )
         except Exception as err:
             self.service.events.error(

@@ -99,7 +99,9 @@ def is_valid_save(n_saved: int, n_written: int, *, min_tokens: int = 1, min_byte
 
     The seed's "smaller than 1 MB" rule is ``min_bytes=1_048_576``, off by default.
     """
-    return n_saved > 0 and n_saved >= min_tokens and n_written >= min_bytes
+    # n_written == 0 with tokens: the server could not write the file (disk full, I/O error)
+    # yet answered 200; a partial file may be on disk.
+    return n_saved > 0 and n_saved >= min_tokens and n_written > 0 and n_written >= min_bytes
 
 
 def _build_entry(name: str, size: int, mtime_ns: int, meta: SaveMeta | None) -> SaveEntry:
