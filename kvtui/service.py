@@ -80,6 +80,11 @@ class KvService:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held while the book and the slots are changed; one operation at a time."""
+        return self._lock
+
     async def watch_saves(self, stop_event: asyncio.Event) -> None:
         """Keep the save index current from file-system events until ``stop_event`` is set.
 

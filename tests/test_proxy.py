@@ -443,3 +443,27 @@ async def test_api_key_is_forwarded_or_replaced(tmp_path: Path) -> None:
             assert (await h.client.get("/slots", headers=wrong)).status_code == 200
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_client_slot_actions_are_checked_and_tell_the_book(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """Out-of-range ids and missing files never reach llama-server; an erase frees the book."""
+    from kvtui.slots import GenType
+
+    assert clean_server.save_dir is not None
+    async with running_proxy(make_settings(clean_server, tmp_path)) as h:
+        await h.service.connect()
+        decision = await h.service.route("chat", "Seraphina", GenType.NORMAL)
+        await h.service.client.completion("Alex: hi\nSeraphina:", id_slot=decision.slot)
+        resp = await h.client.post("/slots/99?action=save", json={"filename": "x.bin"})
+        assert resp.status_code == 400 and "does not exist" in resp.json()["error"]["message"]
+        assert not (clean_server.save_dir / "x.bin").exists()
+        resp = await h.client.post(
+            f"/slots/{decision.slot}?action=restore", json={"filename": "missing.bin"}
+        )
+        assert resp.status_code == 400 and "missing.bin" in resp.json()["error"]["message"]
+        assert h.service.book.find("chat", "Seraphina") == decision.slot
+        resp = await h.client.post(f"/slots/{decision.slot}?action=erase", json={})
+        assert resp.status_code == 200
+        assert h.service.book.find("chat", "Seraphina") is None

@@ -362,6 +362,9 @@ class ProxyApp:
         method = str(scope["method"])
         target = self.upstream_url + _target(scope)
         headers = upstream_headers(list(scope["headers"]), self.api_key)
+        if method == "POST" and str(scope["path"]).startswith("/slots/"):
+            await self._slot_action(scope, receive, send, target, headers, body)
+            return
         if method != "POST" or scope["path"] not in GENERATION_PATHS:
             await self._forward(receive, send, method, target, headers, body, None)
             return
@@ -412,6 +415,57 @@ class ProxyApp:
             await asyncio.wait(set(self._settling))
 
     # -- forwarding ------------------------------------------------------------------------
+
+    async def _slot_action(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
+        """A client's own save/restore/erase: checked like kvtui's, and the book told.
+
+        llama-server wraps out-of-range slot ids (overwriting files) and wipes a slot whose
+        restore fails, so those are refused here; after any action on a slot kvtui no longer
+        knows whose cache is in it, so the slot is released in the book.
+        """
+        path = str(scope["path"])
+        action = _query_value(scope, "action")
+        try:
+            slot = int(path.removeprefix("/slots/").strip("/"))
+        except ValueError:
+            slot = None  # llama-server answers "Invalid slot ID" itself
+        if slot is not None:
+            total = self.service.client.total_slots or self.service.book.n_slots
+            problem = None
+            if not 0 <= slot < total:
+                problem = f"slot {slot} does not exist (the server has slots 0 to {total - 1})"
+            elif action == "restore" and self.service.store is not None:
+                try:
+                    filename = json.loads(body).get("filename")
+                except (ValueError, AttributeError):
+                    filename = None
+                if isinstance(filename, str) and not self.service.store.exists(filename):
+                    problem = f"no save file named {filename!r} (a failed restore wipes the slot)"
+            if problem is not None:
+                message = f"kvtui proxy: refused {action or 'slot action'}: {problem}."
+                await send_json(send, *json_error(400, message, "invalid_request_error"))
+                return
+        if slot is not None and action in ("restore", "erase"):
+            # Before forwarding: once the client sees the answer, the book must already agree.
+            async with self.service.lock:
+                record = self.service.book.record(slot)
+                if record.occupied:
+                    self.service.book.release(slot)
+                    self.service.persist()
+                    self.service.events.warning(
+                        Kind.ROUTE,
+                        f"A client ran {action} on slot {slot} directly; {record.character} is "
+                        "no longer counted as in it.",
+                    )
+        await self._forward(receive, send, "POST", target, headers, body, None)
 
     async def _forward(
         self,
@@ -652,3 +706,12 @@ def make_proxy_app(
         st_data=st_data,
         watcher=watcher,
     )
+
+
+def _query_value(scope: Scope, key: str) -> str | None:
+    from urllib.parse import parse_qs
+
+    raw = scope.get("query_string", b"")
+    values = parse_qs(raw.decode("latin-1") if isinstance(raw, bytes) else str(raw))
+    found = values.get(key)
+    return found[0] if found else None
