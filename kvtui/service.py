@@ -13,7 +13,9 @@ import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
+from kvtui.atomic import write_atomic
 from kvtui.events import EventLog, Kind
 from kvtui.llama import LlamaClient, LlamaError, ModelLoading, RestoreFailed, ServerUnreachable
 from kvtui.llama.models import Props, SlotState
@@ -67,6 +69,7 @@ class KvService:
         self._last_error: str | None = None
         self._last_poll: tuple[float, Snapshot] | None = None
         self._poll_lock = asyncio.Lock()
+        self._persisted: tuple[Path, str] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -95,11 +98,21 @@ class KvService:
             await self.store.watch(lambda: None, stop_event)
 
     def persist(self) -> None:
-        """Write the slot book atomically (it survives a crash or a restart of kvtui)."""
+        """Write the slot book atomically (it survives a crash or a restart of kvtui).
+
+        Unchanged books are not written again: swipes and polls change nothing, and each
+        write is fsynced on the event loop the proxy's streams share.
+        """
+        text = self.book.to_json()
+        target = self.settings.book_path
+        if self._persisted == (target, text):
+            return
         try:
-            self.book.save_atomic(self.settings.book_path)
+            write_atomic(target, text)
         except OSError as err:
             self.events.error(Kind.ERROR, f"Could not write the slot book: {err}")
+            return
+        self._persisted = (target, text)
 
     async def connect(self) -> Props:
         """Read the server's props and size the book to its slots."""
