@@ -43,6 +43,7 @@ SHOTS = {
     "test_load_picker": "load-picker.svg",
     "test_tag_dialog": "tag-dialog.svg",
     "test_settings_form": "settings.svg",
+    "test_prewarm_screen": "prewarm.svg",
 }
 
 
@@ -145,7 +146,7 @@ class FixedEvents(EventLog):
 class FixedService(KvService):
     """The real service whose every poll answers with the same snapshot."""
 
-    async def refresh(self) -> Snapshot:
+    async def refresh(self, *, max_age: float = 0.0) -> Snapshot:
         return SNAPSHOT
 
     def snapshot(self, slots: Sequence[object] = (), error: str | None = None) -> Snapshot:
@@ -155,11 +156,11 @@ class FixedService(KvService):
         pass  # nothing on disk to keep
 
 
-def fixed_app() -> KvtuiApp:
+def fixed_app(st_dir: Path | None = None) -> KvtuiApp:
     settings = Settings.model_construct(
         server_url="http://127.0.0.1:8080",
         save_dir=Path("/home/alex/kv-saves"),
-        st_dir=Path("/home/alex/SillyTavern/data/default-user"),
+        st_dir=st_dir or Path("/home/alex/SillyTavern/data/default-user"),
         state_dir=Path("/home/alex/.local/state/kvtui"),
         poll_interval=60.0,
         notifications=False,
@@ -230,6 +231,26 @@ def test_settings_form(snap_compare: SnapCompare) -> None:
         await settle(pilot)
 
     assert snap_compare(fixed_app(), run_before=run_before, terminal_size=SIZE)
+
+
+def test_prewarm_screen(snap_compare: SnapCompare, tmp_path: Path) -> None:
+    from kvtui.sillytavern.sample import copy_sample
+    from kvtui.tui.screens.prewarm import PrewarmScreen
+
+    st_dir = copy_sample(tmp_path / "st")
+    app = fixed_app(st_dir)
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        screen = PrewarmScreen(app.service, PARTY)
+        await pilot.app.push_screen(screen)
+        for _ in range(200):
+            if screen.plan is not None:
+                break
+            await pilot.pause(0.02)
+        await settle(pilot)
+
+    assert snap_compare(app, run_before=run_before, terminal_size=SIZE)
 
 
 def test_screenshots_match_the_snapshots() -> None:
