@@ -115,11 +115,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(settings, n_slots=args.slots)
     handler = _HANDLERS[command]
+    lock = None
+    if command in _CHANGES_SLOTS:
+        from kvtui.statelock import StateLock
+
+        lock = StateLock(settings.state_dir)
+        if not lock.acquire(f"kvtui {command}"):
+            print(
+                f"kvtui: {lock.holder()} is running with the same state directory and keeps "
+                f"the slot book; run this from there (or stop it first). "
+                f"State directory: {settings.state_dir}",
+                file=sys.stderr,
+            )
+            return EXIT_FAIL
     try:
         return asyncio.run(handler(settings, args))
     except KeyboardInterrupt:
         print("kvtui: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
@@ -294,6 +310,9 @@ async def _prewarm(settings: Settings, args: argparse.Namespace) -> int:
 
     return await run_prewarm_cli(settings, args)
 
+
+# Commands that change slots and the slot book: one kvtui at a time per state directory.
+_CHANGES_SLOTS = frozenset({"save", "load", "erase", "proxy", "prewarm"})
 
 _HANDLERS: dict[str, Handler] = {
     "slots": _slots,

@@ -225,3 +225,20 @@ def test_busy_slot_waits_and_a_killed_server_is_reported(tmp_path: Path) -> None
     assert "Traceback" not in err
     assert "llama-server" in err and ("crashed" in err or "unreachable" in err.lower())
     assert not list(saves.glob("*.bin"))
+
+
+def test_slot_changes_refuse_while_another_kvtui_keeps_the_book(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    from kvtui.statelock import StateLock
+
+    lock = StateLock(tmp_path / "state")
+    assert lock.acquire("dashboard")
+    try:
+        out = kvtui(tmp_path, "erase", "0", server=clean_server)
+        assert out.returncode == 1
+        assert "dashboard" in out.stderr and "slot book" in out.stderr
+        kvtui(tmp_path, "slots", server=clean_server, check=True)  # reading needs no lock
+    finally:
+        lock.release()
+    kvtui(tmp_path, "erase", "0", server=clean_server, check=True)

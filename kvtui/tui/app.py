@@ -20,6 +20,7 @@ from kvtui.proxy.run import ProxyServer, ProxyStartError
 from kvtui.service import KvService
 from kvtui.settings import Settings
 from kvtui.sillytavern import SillyTavernData
+from kvtui.statelock import StateLock
 from kvtui.tui.screens.dashboard import DashboardScreen
 
 
@@ -151,5 +152,15 @@ def make_app(
 def run_dashboard(settings: Settings, *, config_path: Path | None = None) -> int:
     """Run the dashboard in the terminal until the user quits; returns the exit code."""
     app = make_app(settings, config_path=config_path, automatic=settings.proxy_enabled)
-    result = app.run()
+    lock = StateLock(settings.state_dir)
+    if not lock.acquire("dashboard"):
+        app.service.events.warning(
+            Kind.ERROR,
+            f"{lock.holder()} is running with the same state directory: both keep the slot "
+            "book, and the last to write wins. Stop one of them.",
+        )
+    try:
+        result = app.run()
+    finally:
+        lock.release()
     return result if result is not None else (app.return_code or 0)
