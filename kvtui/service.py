@@ -31,6 +31,7 @@ from kvtui.outcomes import (
 from kvtui.settings import Settings
 from kvtui.slots import Allocation, GenType, SlotBook, SlotBookError, SlotRecord
 from kvtui.store import SaveEntry, SaveMeta, SaveStore, is_valid_save
+from kvtui.store.names import normalize
 
 __all__ = [
     "ConnectionState",
@@ -457,7 +458,6 @@ class KvService:
         else:
             self._check_slot(slot)
             await self._save_before_replacing(slot, entry.chat, entry.character)
-        self._check_slot(slot)
         try:
             result = await self.client.restore(slot, entry.filename)
         except RestoreFailed:
@@ -795,6 +795,4 @@ class KvService:
 
 
 def _same(a: str, b: str) -> bool:
-    from kvtui.store.names import normalize
-
     return normalize(a) == normalize(b)
