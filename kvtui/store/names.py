@@ -241,3 +241,20 @@ def check_filename(filename: str) -> str:
     if filename[0] == " " or filename[-1] in " .":
         raise bad("leading or trailing spaces and trailing dots are not allowed")
     return filename
+
+
+PRIVATE_PREFIX = ".kvtui-"
+"""Files kvtui asks llama-server to write for itself (unverified saves in flight, memory jobs'
+borrowed-slot parking, doctor probes). Hidden, never listed, loaded, counted or rotated."""
+
+
+def private_name(purpose: str) -> str:
+    """A fresh private file name in the save directory, e.g. ``.kvtui-job-<hex>.bin``."""
+    import uuid
+
+    return f"{PRIVATE_PREFIX}{purpose}-{uuid.uuid4().hex}{BIN_SUFFIX}"
+
+
+def is_private_name(filename: str) -> bool:
+    """True for names made by :func:`private_name` (and their sidecars)."""
+    return filename.startswith(PRIVATE_PREFIX)
