@@ -91,6 +91,26 @@ class Settings(BaseSettings):
     proxy_listen: str = "127.0.0.1:8081"
     """Address the proxy listens on (point SillyTavern's llama.cpp API URL here)."""
 
+    allowed_origins: list[str] = Field(
+        default_factory=lambda: [
+            "http://localhost:8000",
+            "http://127.0.0.1:8000",
+            "http://[::1]:8000",
+        ]
+    )
+    """Web pages (origins) that may use the proxy from a browser: SillyTavern's page for the
+    companion extension. Requests from SillyTavern's server carry no origin and always work."""
+
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host names (besides loopback names and IP addresses) under which clients reach the proxy."""
+
+    max_body_mb: float = Field(default=32.0, gt=0, le=4096)
+    """Largest request body the proxy accepts, in MiB (a 128k-token prompt is a few MiB)."""
+
+    allow_insecure_listen: bool = False
+    """Let the proxy listen on a non-loopback address without an API key (anyone on the network
+    could then drive the slots)."""
+
     poll_interval: float = Field(default=1.0, ge=0.1, le=60)
     """Seconds between polls of the server's /slots."""
 

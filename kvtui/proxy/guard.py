@@ -73,19 +73,29 @@ def is_loopback(name: str) -> bool:
         return False
 
 
+def is_address(name: str) -> bool:
+    """An IP address literal: a page can only reach kvtui under one by being served from it,
+    so it cannot be a DNS rebinding attack (those name the attacker's host)."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def check_host(
     host_header: str | None, listen_host: str, allowed: Iterable[str] = ()
 ) -> Refusal | None:
-    """Refuse a ``Host`` that is neither loopback, the listen address, nor allowed by name.
+    """Refuse a ``Host`` name that is neither loopback, the listen address, nor allowed.
 
-    A request without ``Host`` (HTTP/1.0, some scripts) cannot come from a browser page, so it
-    passes.
+    IP address literals pass (see :func:`is_address`). A request without ``Host`` (HTTP/1.0,
+    some scripts) cannot come from a browser page, so it passes.
     """
     if not host_header:
         return None
     name = host_name(host_header)
     permitted = {host_name(h) for h in allowed} | {host_name(listen_host)}
-    if is_loopback(name) or name in permitted:
+    if is_loopback(name) or is_address(name) or name in permitted:
         return None
     return Refusal(
         403,
@@ -269,3 +279,35 @@ def _unforwardable(value: Any, depth: int) -> str | None:
             if problem is not None:
                 return problem
     return None
+
+
+def exposure(
+    listen_host: str, api_key: str | None, allow_insecure: bool
+) -> tuple[str | None, bool]:
+    """What to tell the user about listening on ``listen_host``: (warning or None, refuse).
+
+    Loopback is private to the machine. Any other address lets the network drive the slots and
+    read every prompt, so it needs an API key — or the user's explicit ``allow_insecure_listen``.
+    """
+    name = host_name(listen_host)
+    if is_loopback(name):
+        return None, False
+    where = "every network interface" if name in ("0.0.0.0", "::") else name
+    if api_key:
+        return (
+            f"The proxy listens on {where}: other machines can reach it. Clients must present "
+            "the API key; add their host names to allowed_hosts if they use names.",
+            False,
+        )
+    if allow_insecure:
+        return (
+            f"The proxy listens on {where} WITHOUT an API key: anyone on the network can drive "
+            "the slots and read prompts (allow_insecure_listen is on).",
+            False,
+        )
+    return (
+        f"Refusing to listen on {where} without an API key: anyone on the network could drive "
+        "the slots and read every prompt. Set api_key (and the same key in SillyTavern), or "
+        "listen on 127.0.0.1, or set allow_insecure_listen = true if you really mean it.",
+        True,
+    )
