@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from kvtui.atomic import write_atomic
+from kvtui.errors import KvtuiError
 
 CONFIG_ENV = "KVTUI_CONFIG"
 
@@ -209,7 +210,7 @@ class _TomlSource(PydanticBaseSettingsSource):
         return data
 
 
-class ConfigError(ValueError):
+class ConfigError(KvtuiError, ValueError):
     """The config file cannot be read."""
 
 

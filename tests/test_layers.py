@@ -72,3 +72,39 @@ def test_the_service_alone_builds_sillytavern_data_and_the_prompt_recorder() -> 
         if built.search(line)
     ]
     assert offenders == []
+
+
+HIDE_POSIX_ONLY = """
+import importlib, importlib.abc, pkgutil, sys
+BLOCKED = {"fcntl", "termios", "tty", "pty", "resource", "grp", "pwd"}
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name in BLOCKED:
+            raise ImportError(f"No module named {name!r} (hidden: Windows has none)")
+        return None
+for name in BLOCKED:
+    sys.modules.pop(name, None)
+sys.meta_path.insert(0, Hide())
+import kvtui
+names, failed = [], []
+for info in pkgutil.walk_packages(kvtui.__path__, "kvtui."):
+    names.append(info.name)
+    try:
+        importlib.import_module(info.name)
+    except Exception as err:
+        failed.append(f"{info.name}: {err!r}")
+print(len(names))
+print("\\n".join(failed))
+"""
+
+
+def test_every_module_imports_without_posix_only_modules() -> None:
+    """Windows has no fcntl/termios/pty: every kvtui module (the dashboard too) still imports."""
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", HIDE_POSIX_ONLY],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    count, *failed = out.stdout.strip().splitlines()
+    assert int(count) > 50 and failed == []

@@ -21,6 +21,7 @@ from typing import Any
 
 import uvicorn
 
+from kvtui.errors import KvtuiError
 from kvtui.events import Event, Kind, Level
 from kvtui.proxy.app import ProxyApp, make_proxy_app
 from kvtui.proxy.guard import exposure
@@ -28,7 +29,7 @@ from kvtui.service import KvService
 from kvtui.settings import Settings
 
 
-class ProxyStartError(Exception):
+class ProxyStartError(KvtuiError):
     """The proxy could not start listening (the message says why and what to do)."""
 
 

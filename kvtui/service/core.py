@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from kvtui.atomic import write_atomic
+from kvtui.atomic import private_dir, write_atomic
 from kvtui.events import EventLog, Kind
 from kvtui.llama import LlamaClient
 from kvtui.llama.models import Props
@@ -58,6 +58,7 @@ class ServiceCore:
         if self._persisted == (target, text):
             return
         try:
+            private_dir(target.parent)
             write_atomic(target, text)
         except OSError as err:
             self.events.error(Kind.ERROR, f"Could not write the slot book: {err}")
@@ -98,12 +99,17 @@ class ServiceCore:
             return self.props.total_slots
         return self.client.total_slots or self.book.n_slots
 
-    def check_slot(self, slot: int) -> None:
+    def slot_problem(self, slot: int) -> str | None:
+        """Why ``slot`` is not a slot of this server (llama-server would wrap it), or None."""
         total = self.total_slots
-        if not 0 <= slot < total:
-            raise ServiceError(
-                f"Slot {slot} does not exist: the server has slots 0 to {total - 1}."
-            )
+        if 0 <= slot < total:
+            return None
+        return f"slot {slot} does not exist: the server has slots 0 to {total - 1}"
+
+    def check_slot(self, slot: int) -> None:
+        problem = self.slot_problem(slot)
+        if problem is not None:
+            raise ServiceError(f"{problem.capitalize()}.")
 
 
 def new_client(settings: Settings) -> LlamaClient:

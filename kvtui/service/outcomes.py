@@ -11,10 +11,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from kvtui.errors import KvtuiError
+
 T = TypeVar("T")
 
 
-class ServiceError(Exception):
+class ServiceError(KvtuiError):
     """A request kvtui refuses or cannot complete; the message says what to do."""
 
 

@@ -66,9 +66,9 @@ class SlotActions:
     def refusal(self, slot: int, action: str | None, filename: str | None) -> str | None:
         """Why a client's ``action`` on ``slot`` must not reach llama-server, or ``None``."""
         core = self.core
-        total = core.total_slots
-        if not 0 <= slot < total:
-            return f"slot {slot} does not exist (the server has slots 0 to {total - 1})"
+        problem = core.slot_problem(slot)
+        if problem is not None:
+            return problem
         if action not in ("save", "restore"):
             return None
         if filename is None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from kvtui.atomic import write_atomic
+from kvtui.errors import KvtuiError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class GenType(StrEnum):
     IMPERSONATE = "impersonate"
 
 
-class SlotBookError(Exception):
+class SlotBookError(KvtuiError):
     """A request the book cannot satisfy."""
 
 

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 
+from kvtui.errors import KvtuiError
+
 BIN_SUFFIX = ".bin"
 MAX_COMPONENT_BYTES = 64
 """Per component; three components plus the fixed parts stay under 230 bytes."""
@@ -69,7 +71,7 @@ _LEGACY_PATTERNS = (
 )
 
 
-class InvalidSaveName(ValueError):
+class InvalidSaveName(KvtuiError, ValueError):
     """A name that is not a plain file name inside the save directory, or the server refuses."""
 
 
