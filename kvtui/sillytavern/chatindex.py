@@ -1,0 +1,421 @@
+"""An index of every chat's latest messages, to tell which chat a prompt was built from.
+
+SillyTavern never says which chat a generation is for, and opening a chat writes no chat file,
+so "the newest chat file" is not the open chat. What a prompt does show is the chat itself: its
+latest visible messages. :class:`ChatIndex` keeps, per chat file (1:1 and group), the last
+:data:`RECENT` visible messages, and a map from each message line to the chats holding it.
+:meth:`ChatIndex.match` splits a prompt into lines and looks them up, so matching costs one
+pass over the prompt's end whatever the number of chats.
+
+:meth:`ChatIndex.refresh` re-reads only files whose ``(mtime, size)`` changed, and only their
+ends (a big chat costs a small read). It also snapshots SillyTavern's own state
+(:class:`SillyTavernState`): ``settings.json`` ``active_character``/``active_group`` (saved
+debounced, about a second after a click), each card's ``chat`` and each group's ``chat_id``.
+Opening a chat from the chat list rewrites those at once (``openCharacterChat`` edits the card,
+``openGroupChat`` edits the group: SillyTavern 1.19 ``public/script.js``, ``group-chats.js``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvtui.sillytavern.chatfile import is_header
+from kvtui.sillytavern.data import SillyTavernData
+from kvtui.sillytavern.layout import CHATS_DIR, GROUP_CHATS_DIR, SETTINGS_FILE, is_chat_file_name
+from kvtui.sillytavern.models import ChatRef, Group
+from kvtui.sillytavern.names import strip_name_prefix
+from kvtui.sillytavern.templates import ControlPrompts
+
+log = logging.getLogger(__name__)
+
+RECENT = 8
+"""How many of each chat's latest visible messages are indexed."""
+MIN_KEY = 8
+"""Shorter lines are not indexed (``*smiles*``, ``Yes.``: too common to tell chats apart)."""
+SCAN_CHARS = 40_000
+"""How much of a prompt's end is looked at (the latest messages are always at the end)."""
+
+_TAIL_BYTES = 64 * 1024
+_MARKUP = re.compile(
+    r"<\|[^|>\n]{1,40}\|>|\[/?INST\]|</?s>|<(?:start|end)_of_turn>(?:model|user)?"
+    r"|<[|｜][A-Za-z]{1,12}[|｜]>|^#{2,3}\s*[A-Za-z ]{1,20}:?"
+)
+
+
+@dataclass(frozen=True)
+class RecentMessage:
+    """One of a chat's latest visible messages, as indexed."""
+
+    name: str
+    is_user: bool
+    text: str
+    avatar: str | None = None
+    keys: frozenset[str] = frozenset()
+
+    @property
+    def indexable(self) -> bool:
+        return bool(self.keys)
+
+
+@dataclass(frozen=True)
+class IndexedChat:
+    """A chat file and its latest visible messages (oldest first)."""
+
+    ref: ChatRef
+    recent: tuple[RecentMessage, ...]
+    avatars: tuple[str, ...]
+    """The characters it belongs to: a 1:1 chat's avatar, or a group's members."""
+    mtime: float = 0.0
+
+
+@dataclass(frozen=True)
+class ChatMatch:
+    """How much of one chat's latest messages a prompt contains."""
+
+    chat: IndexedChat
+    found: frozenset[int]
+    """Positions from the end (0 = the newest message) of the messages found in the prompt."""
+
+    @property
+    def unseen(self) -> tuple[RecentMessage, ...]:
+        """The indexable messages newer than the newest one found (a swipe hides the last)."""
+        newest = min(self.found)
+        recent = self.chat.recent
+        return tuple(m for m in recent[len(recent) - newest :] if m.indexable)
+
+    @property
+    def plausible(self) -> bool:
+        """Only replies are unseen: the prompt is this chat as it stands, or with its last
+        reply (or group round) taken back for a swipe or regenerate. A missing user message
+        means the prompt is not this chat's present."""
+        return not any(m.is_user for m in self.unseen)
+
+    @property
+    def rank(self) -> tuple[int, int, int]:
+        """Smaller is better: plausible first, then fewer unseen, then more found."""
+        return (0 if self.plausible else 1, len(self.unseen), -len(self.found))
+
+
+@dataclass(frozen=True)
+class SillyTavernState:
+    """What SillyTavern's own files say is open (each may lag or be stale; see module doc)."""
+
+    active_character: str | None = None
+    """``settings.json`` ``active_character``: the avatar file of the selected character."""
+    active_group: str | None = None
+    card_chats: Mapping[str, str] = field(default_factory=dict)
+    """Each character's current chat (card ``chat``), by avatar file."""
+    names: Mapping[str, str] = field(default_factory=dict)
+    """Each character's display name, by avatar file."""
+    groups: Mapping[str, Group] = field(default_factory=dict)
+    user_name: str = "User"
+    prompts: ControlPrompts = field(default_factory=ControlPrompts)
+
+    def avatars_named(self, name: str) -> list[str]:
+        """Avatar files of the characters called ``name`` (names can collide)."""
+        return sorted(a for a, n in self.names.items() if n == name)
+
+    def groups_with(self, avatars: Collection[str]) -> list[Group]:
+        return [g for g in self.groups.values() if any(a in g.members for a in avatars)]
+
+    def current_chats(self, avatars: Collection[str] | None = None) -> dict[str, str | None]:
+        """Current chat id → group id (None for 1:1) of the given characters and their groups
+        (every character's and group's when ``avatars`` is None)."""
+        pool = self.names.keys() if avatars is None else avatars
+        current: dict[str, str | None] = {
+            self.card_chats[a]: None for a in pool if a in self.card_chats
+        }
+        groups = self.groups.values() if avatars is None else self.groups_with(avatars)
+        for group in groups:
+            if group.chat_id:
+                current[group.chat_id] = group.id
+        return current
+
+
+def line_keys(text: str) -> frozenset[str]:
+    """The lookup keys of a message: each long-enough line, also without a ``Name:`` prefix."""
+    keys: set[str] = set()
+    for line in text.split("\n"):
+        s = line.strip()
+        if len(s) >= MIN_KEY:
+            keys.add(s)
+            bare = strip_name_prefix(s).strip()
+            if bare != s and len(bare) >= MIN_KEY:
+                keys.add(bare)
+    return frozenset(keys)
+
+
+def prompt_keys(text: str) -> Iterator[tuple[int, str]]:
+    """``(line number from the end, key)`` candidates of a prompt's end, newest line first."""
+    lines = text[-SCAN_CHARS:].split("\n")
+    for back, line in enumerate(reversed(lines)):
+        s = line.strip()
+        if len(s) < MIN_KEY:
+            continue
+        yield back, s
+        if "<" in s or "[" in s or "#" in s:
+            s = _MARKUP.sub("", s).strip()
+            if len(s) < MIN_KEY:
+                continue
+            yield back, s
+        bare = strip_name_prefix(s).strip()
+        if bare != s and len(bare) >= MIN_KEY:
+            yield back, bare
+
+
+def _message(obj: Mapping[str, Any]) -> RecentMessage | None:
+    if obj.get("is_system"):
+        return None  # hidden from the prompt
+    text = obj.get("mes")
+    text = text if isinstance(text, str) else ""
+    name = obj.get("name")
+    avatar = obj.get("original_avatar")
+    return RecentMessage(
+        name=name if isinstance(name, str) else "",
+        is_user=bool(obj.get("is_user")),
+        text=text,
+        avatar=avatar if isinstance(avatar, str) and avatar else None,
+        keys=line_keys(text),
+    )
+
+
+def read_recent(path: Path, count: int = RECENT) -> tuple[RecentMessage, ...]:
+    """The last ``count`` visible messages of a chat file, reading only as much of its end as
+    needed. Raises ``OSError`` when the file cannot be read."""
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        want = _TAIL_BYTES
+        while True:
+            start = max(size - want, 0)
+            f.seek(start)
+            raw = f.read()
+            lines = raw.split(b"\n")
+            if start > 0:
+                lines = lines[1:]  # cut mid-line
+            found: list[RecentMessage] = []
+            for number in range(len(lines) - 1, -1, -1):
+                line = lines[number].strip()
+                if not line:
+                    continue
+                try:
+                    obj = json.loads(line)
+                except (UnicodeDecodeError, ValueError):
+                    continue
+                if not isinstance(obj, dict) or (start == 0 and number == 0 and is_header(obj)):
+                    continue
+                if (message := _message(obj)) is not None:
+                    found.append(message)
+                    if len(found) >= count:
+                        break
+            if len(found) >= count or start == 0:
+                return tuple(reversed(found))
+            want *= 4
+
+
+def _stat_chat_files(user_dir: Path) -> dict[Path, tuple[int, int]]:
+    stamps: dict[Path, tuple[int, int]] = {}
+    folders = [user_dir / GROUP_CHATS_DIR]
+    try:
+        folders += [Path(e.path) for e in os.scandir(user_dir / CHATS_DIR) if e.is_dir()]
+    except OSError:
+        pass
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if not is_chat_file_name(entry.name):
+                continue
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            stamps[Path(entry.path)] = (st.st_mtime_ns, st.st_size)
+    return stamps
+
+
+class ChatIndex:
+    """The latest messages of every chat in one SillyTavern user directory.
+
+    Not thread-safe: call :meth:`refresh` and :meth:`match` from one thread at a time (the
+    proxy runs both in one worker call).
+    """
+
+    def __init__(self, user_dir: Path, *, recent: int = RECENT) -> None:
+        self.user_dir = Path(user_dir)
+        self.data = SillyTavernData(self.user_dir)
+        self.recent = recent
+        self._chats: dict[Path, tuple[tuple[int, int], IndexedChat]] = {}
+        self._postings: dict[str, set[tuple[Path, int]]] = {}
+        self._settings: tuple[tuple[int, int], Mapping[str, Any]] | None = None
+        self._state = SillyTavernState()
+
+    @property
+    def state(self) -> SillyTavernState:
+        """SillyTavern's state as of the last :meth:`refresh`."""
+        return self._state
+
+    def chats(self) -> list[IndexedChat]:
+        return [entry for _stamp, entry in self._chats.values()]
+
+    def chat(self, chat_id: str, group_id: str | None = None) -> IndexedChat | None:
+        """The indexed chat SillyTavern calls ``chat_id`` (restricted to a group's, if given)."""
+        for _stamp, entry in self._chats.values():
+            if entry.ref.chat_id == chat_id and (
+                group_id is None or entry.ref.group_id == group_id
+            ):
+                return entry
+        return None
+
+    # -- refreshing ----------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Bring the index and the state up to date (stats everything, reads what changed)."""
+        state = self._read_state()
+        by_chat: dict[str, Group] = {}
+        for group in sorted(state.groups.values(), key=lambda g: g.id):
+            for chat_id in group.chats:
+                by_chat.setdefault(chat_id, group)
+        stamps = _stat_chat_files(self.user_dir)
+        for path in [p for p in self._chats if p not in stamps]:
+            self._drop(path)
+        for path, stamp in stamps.items():
+            known = self._chats.get(path)
+            ref = self._ref(path, stamp, by_chat, state)
+            if ref is None:
+                if known is not None:
+                    self._drop(path)
+                continue
+            if known is not None and known[0] == stamp and known[1].ref == ref:
+                continue
+            try:
+                recent = read_recent(path, self.recent)
+            except OSError as err:
+                log.warning("Cannot read chat %s: %s", path, err)
+                self._drop(path)
+                continue
+            avatars = (ref.avatar,) if ref.avatar else by_chat[ref.chat_id].members
+            self._drop(path)
+            self._add(path, stamp, IndexedChat(ref, recent, tuple(avatars), stamp[0] / 1e9))
+        self._state = state
+
+    def _ref(
+        self,
+        path: Path,
+        stamp: tuple[int, int],
+        by_chat: Mapping[str, Group],
+        state: SillyTavernState,
+    ) -> ChatRef | None:
+        mtime = stamp[0] / 1e9
+        if path.parent.name != GROUP_CHATS_DIR or path.parent.parent != self.user_dir:
+            avatar = path.parent.name + ".png"
+            name = state.names.get(avatar, path.parent.name)
+            return ChatRef(path.stem, path, None, avatar, name, mtime)
+        group = by_chat.get(path.stem)
+        if group is None:
+            return None  # no group lists it: not a chat SillyTavern can open
+        return ChatRef(path.stem, path, group.id, None, group.name, mtime)
+
+    def _add(self, path: Path, stamp: tuple[int, int], entry: IndexedChat) -> None:
+        self._chats[path] = (stamp, entry)
+        last = len(entry.recent) - 1
+        for i, message in enumerate(entry.recent):
+            for key in message.keys:
+                self._postings.setdefault(key, set()).add((path, last - i))
+
+    def _drop(self, path: Path) -> None:
+        known = self._chats.pop(path, None)
+        if known is None:
+            return
+        for message in known[1].recent:
+            for key in message.keys:
+                postings = self._postings.get(key)
+                if postings is None:
+                    continue
+                postings.difference_update({p for p in postings if p[0] == path})
+                if not postings:
+                    del self._postings[key]
+
+    def _read_settings(self) -> Mapping[str, Any]:
+        path = self.user_dir / SETTINGS_FILE
+        try:
+            st = path.stat()
+        except OSError:
+            return {}
+        stamp = (st.st_mtime_ns, st.st_size)
+        if self._settings is not None and self._settings[0] == stamp:
+            return self._settings[1]
+        try:
+            obj = json.loads(path.read_bytes().decode("utf-8-sig"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            log.warning("Cannot read %s: %s", path, err)
+            obj = {}
+        settings: Mapping[str, Any] = obj if isinstance(obj, dict) else {}
+        self._settings = (stamp, settings)
+        return settings
+
+    def _read_state(self) -> SillyTavernState:
+        settings = self._read_settings()
+        cards = self.data.characters()
+
+        def text(key: str) -> str | None:
+            value = settings.get(key)
+            return str(value) if isinstance(value, str | int) and value != "" else None
+
+        return SillyTavernState(
+            active_character=text("active_character"),
+            active_group=text("active_group"),
+            card_chats={c.avatar: c.chat for c in cards if c.chat},
+            names={c.avatar: c.name for c in cards},
+            groups={g.id: g for g in self.data.groups()},
+            user_name=_user_name(settings),
+            prompts=ControlPrompts.from_settings(settings),
+        )
+
+    # -- matching ------------------------------------------------------------------------
+
+    def match(self, text: str, avatars: Collection[str] | None = None) -> list[ChatMatch]:
+        """The chats whose latest messages ``text`` contains, best first (see
+        :attr:`ChatMatch.rank`); only chats of ``avatars`` (1:1 or as group members) when
+        given."""
+        found: dict[Path, set[int]] = {}
+        postings = self._postings
+        for _back, key in prompt_keys(text):
+            hits = postings.get(key)
+            if hits is None:
+                continue
+            for path, position in hits:
+                found.setdefault(path, set()).add(position)
+        matches: list[ChatMatch] = []
+        for path, positions in found.items():
+            entry = self._chats[path][1]
+            if avatars is not None and not any(a in entry.avatars for a in avatars):
+                continue
+            matches.append(ChatMatch(entry, frozenset(positions)))
+        matches.sort(key=lambda m: (m.rank, -m.chat.mtime, str(m.chat.ref.path)))
+        return matches
+
+
+def _user_name(settings: Mapping[str, Any]) -> str:
+    power = settings.get("power_user")
+    avatar = settings.get("user_avatar")
+    if isinstance(power, Mapping) and isinstance(power.get("personas"), Mapping):
+        persona = power["personas"].get(avatar)
+        if isinstance(persona, str) and persona:
+            return persona
+    name = settings.get("username")
+    return name if isinstance(name, str) and name else "User"
+
+
+def seconds_since(entry: IndexedChat, now: float | None = None) -> float:
+    """How long ago the chat file was last written."""
+    return (time.time() if now is None else now) - entry.mtime
