@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kvtui.proxy.identity import (
-    Clue,
     FINGERPRINT_CHARS,
     UNKNOWN_CHAT,
+    Clue,
     IdentitySource,
     fingerprint,
     infer_identity,

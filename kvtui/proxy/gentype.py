@@ -36,6 +36,7 @@ HISTORY_WINDOW = 1024
 """Characters at the end of a history that decide "same turn" when the whole text differs."""
 
 _SCAN = 256  # how far from the end a reply-request tail is looked for
+_MARKER_WINDOW = 80  # longer than any instruct marker in _MARKERS
 
 EDITED_WITHIN_S = 30.0
 """A chat file written this recently, whose last reply the prompt lacks, was edited (or had
@@ -145,10 +146,13 @@ def stop_names(stop: Iterable[str]) -> list[str]:
 
 
 def _marker_at_end(text: str) -> tuple[TailRole, int] | None:
-    end = text[-_SCAN:]
+    # Every marker is short and only whitespace may follow it: look at the trimmed end only.
+    trimmed = text.rstrip()
+    start = max(len(trimmed) - _MARKER_WINDOW, 0)
+    end = trimmed[start:]
     for role, pattern in _AT_END:
         if m := pattern.search(end):
-            return role, len(text) - len(end) + m.start()
+            return role, start + m.start()
     return None
 
 

@@ -41,7 +41,11 @@ RECENT = 8
 MIN_KEY = 8
 """Shorter lines are not indexed (``*smiles*``, ``Yes.``: too common to tell chats apart)."""
 SCAN_CHARS = 40_000
-"""How much of a prompt's end is looked at (the latest messages are always at the end)."""
+"""How much of a prompt's end is looked at at most (the latest messages are at the end)."""
+SCAN_LINES = 160
+"""Lines looked at before the first hit, at most (the latest messages are at the end)."""
+MISS_RUN = 48
+"""After a hit, this many lines in a row without one end the scan (older history)."""
 
 _TAIL_BYTES = 64 * 1024
 _MARKUP = re.compile(
@@ -153,22 +157,41 @@ def line_keys(text: str) -> frozenset[str]:
     return frozenset(keys)
 
 
-def prompt_keys(text: str) -> Iterator[tuple[int, str]]:
-    """``(line number from the end, key)`` candidates of a prompt's end, newest line first."""
-    lines = text[-SCAN_CHARS:].split("\n")
-    for back, line in enumerate(reversed(lines)):
-        s = line.strip()
-        if len(s) < MIN_KEY:
-            continue
-        yield back, s
-        if "<" in s or "[" in s or "#" in s:
-            s = _MARKUP.sub("", s).strip()
-            if len(s) < MIN_KEY:
-                continue
-            yield back, s
+def line_variants(line: str) -> list[str]:
+    """The keys one prompt line may match: as is, without instruct markup, without up to two
+    ``Name:`` prefixes (a 1.19 continue renders ``Name:Name: text``)."""
+    s = line.strip()
+    if len(s) < MIN_KEY:
+        return []
+    out = [s]
+    if "<" in s or "[" in s or "#" in s:
+        s = _MARKUP.sub("", s).strip()
+        if len(s) >= MIN_KEY and s != out[0]:
+            out.append(s)
+    for _ in range(2):
+        colon = s.find(":", 0, 66)
+        if colon < 0:
+            break
         bare = strip_name_prefix(s).strip()
-        if bare != s and len(bare) >= MIN_KEY:
-            yield back, bare
+        if bare == s:
+            break
+        s = bare
+        if len(s) >= MIN_KEY:
+            out.append(s)
+    return out
+
+
+def prompt_keys(text: str) -> Iterator[list[str]]:
+    """The key variants of each line of a prompt's end, newest line first (at most
+    :data:`SCAN_CHARS`)."""
+    end = len(text)
+    floor = max(end - SCAN_CHARS, 0)
+    while end > floor:
+        start = text.rfind("\n", floor, end)
+        yield line_variants(text[start + 1 : end])
+        if start < 0:
+            return
+        end = start
 
 
 def _message(obj: Mapping[str, Any]) -> RecentMessage | None:
@@ -220,11 +243,12 @@ def read_recent(path: Path, count: int = RECENT) -> tuple[RecentMessage, ...]:
             want *= 4
 
 
-def _stat_chat_files(user_dir: Path) -> dict[Path, tuple[int, int]]:
-    stamps: dict[Path, tuple[int, int]] = {}
-    folders = [user_dir / GROUP_CHATS_DIR]
+def _stat_chat_files(user_dir: Path) -> dict[str, tuple[int, int]]:
+    """``(mtime_ns, size)`` of every chat file by path string (strings: cheaper than Paths)."""
+    stamps: dict[str, tuple[int, int]] = {}
+    folders = [str(user_dir / GROUP_CHATS_DIR)]
     try:
-        folders += [Path(e.path) for e in os.scandir(user_dir / CHATS_DIR) if e.is_dir()]
+        folders += [e.path for e in os.scandir(user_dir / CHATS_DIR) if e.is_dir()]
     except OSError:
         pass
     for folder in folders:
@@ -239,7 +263,7 @@ def _stat_chat_files(user_dir: Path) -> dict[Path, tuple[int, int]]:
                 st = entry.stat()
             except OSError:
                 continue
-            stamps[Path(entry.path)] = (st.st_mtime_ns, st.st_size)
+            stamps[entry.path] = (st.st_mtime_ns, st.st_size)
     return stamps
 
 
@@ -254,10 +278,13 @@ class ChatIndex:
         self.user_dir = Path(user_dir)
         self.data = SillyTavernData(self.user_dir)
         self.recent = recent
-        self._chats: dict[Path, tuple[tuple[int, int], IndexedChat]] = {}
-        self._postings: dict[str, set[tuple[Path, int]]] = {}
+        self._chats: dict[str, tuple[tuple[int, int], IndexedChat]] = {}
+        self._postings: dict[str, set[tuple[str, int]]] = {}
+        self._layout: tuple[int, ...] = ()  # identities of the cached groups and cards
+        self._card_ids: tuple[int, ...] = ()
         self._settings: tuple[tuple[int, int], Mapping[str, Any]] | None = None
         self._state = SillyTavernState()
+        self._entries: list[IndexedChat] | None = None
 
     @property
     def state(self) -> SillyTavernState:
@@ -265,7 +292,10 @@ class ChatIndex:
         return self._state
 
     def chats(self) -> list[IndexedChat]:
-        return [entry for _stamp, entry in self._chats.values()]
+        """Every indexed chat (the same list object until something changes)."""
+        if self._entries is None:
+            self._entries = [entry for _stamp, entry in self._chats.values()]
+        return self._entries
 
     def chat(self, chat_id: str, group_id: str | None = None) -> IndexedChat | None:
         """The indexed chat SillyTavern calls ``chat_id`` (restricted to a group's, if given)."""
@@ -286,26 +316,33 @@ class ChatIndex:
             for chat_id in group.chats:
                 by_chat.setdefault(chat_id, group)
         stamps = _stat_chat_files(self.user_dir)
-        for path in [p for p in self._chats if p not in stamps]:
-            self._drop(path)
-        for path, stamp in stamps.items():
-            known = self._chats.get(path)
+        for key in [p for p in self._chats if p not in stamps]:
+            self._drop(key)
+        # Cached cards and groups are the same objects until their files change.
+        layout = (*map(id, state.groups.values()), *self._card_ids)
+        same_layout = layout == self._layout
+        self._layout = layout
+        for key, stamp in stamps.items():
+            known = self._chats.get(key)
+            if same_layout and known is not None and known[0] == stamp:
+                continue
+            path = Path(key)
             ref = self._ref(path, stamp, by_chat, state)
             if ref is None:
-                if known is not None:
-                    self._drop(path)
-                continue
-            if known is not None and known[0] == stamp and known[1].ref == ref:
-                continue
-            try:
-                recent = read_recent(path, self.recent)
-            except OSError as err:
-                log.warning("Cannot read chat %s: %s", path, err)
-                self._drop(path)
+                self._drop(key)
                 continue
             avatars = (ref.avatar,) if ref.avatar else by_chat[ref.chat_id].members
-            self._drop(path)
-            self._add(path, stamp, IndexedChat(ref, recent, tuple(avatars), stamp[0] / 1e9))
+            if known is not None and known[0] == stamp:
+                recent = known[1].recent  # only the groups or names changed
+            else:
+                try:
+                    recent = read_recent(path, self.recent)
+                except OSError as err:
+                    log.warning("Cannot read chat %s: %s", path, err)
+                    self._drop(key)
+                    continue
+            self._drop(key)
+            self._add(key, stamp, IndexedChat(ref, recent, tuple(avatars), stamp[0] / 1e9))
         self._state = state
 
     def _ref(
@@ -325,17 +362,19 @@ class ChatIndex:
             return None  # no group lists it: not a chat SillyTavern can open
         return ChatRef(path.stem, path, group.id, None, group.name, mtime)
 
-    def _add(self, path: Path, stamp: tuple[int, int], entry: IndexedChat) -> None:
+    def _add(self, path: str, stamp: tuple[int, int], entry: IndexedChat) -> None:
+        self._entries = None
         self._chats[path] = (stamp, entry)
         last = len(entry.recent) - 1
         for i, message in enumerate(entry.recent):
             for key in message.keys:
                 self._postings.setdefault(key, set()).add((path, last - i))
 
-    def _drop(self, path: Path) -> None:
+    def _drop(self, path: str) -> None:
         known = self._chats.pop(path, None)
         if known is None:
             return
+        self._entries = None
         for message in known[1].recent:
             for key in message.keys:
                 postings = self._postings.get(key)
@@ -366,6 +405,7 @@ class ChatIndex:
     def _read_state(self) -> SillyTavernState:
         settings = self._read_settings()
         cards = self.data.characters()
+        self._card_ids = tuple(map(id, cards))
 
         def text(key: str) -> str | None:
             value = settings.get(key)
@@ -387,14 +427,22 @@ class ChatIndex:
         """The chats whose latest messages ``text`` contains, best first (see
         :attr:`ChatMatch.rank`); only chats of ``avatars`` (1:1 or as group members) when
         given."""
-        found: dict[Path, set[int]] = {}
+        found: dict[str, set[int]] = {}
         postings = self._postings
-        for _back, key in prompt_keys(text):
-            hits = postings.get(key)
-            if hits is None:
+        looked = misses = 0
+        for variants in prompt_keys(text):
+            if not variants:
                 continue
-            for path, position in hits:
-                found.setdefault(path, set()).add(position)
+            looked += 1
+            hit = False
+            for key in variants:
+                if (hits := postings.get(key)) is not None:
+                    hit = True
+                    for path, position in hits:
+                        found.setdefault(path, set()).add(position)
+            misses = 0 if hit else misses + 1
+            if (found and misses >= MISS_RUN) or (not found and looked >= SCAN_LINES):
+                break
         matches: list[ChatMatch] = []
         for path, positions in found.items():
             entry = self._chats[path][1]
