@@ -25,8 +25,9 @@ from kvtui.proxy.identity import (
     fingerprint,
     without_kvtui,
 )
-from kvtui.sillytavern.chatindex import ChatIndex, ChatMatch, SillyTavernState
+from kvtui.sillytavern.chatindex import ChatIndex, ChatMatch
 from kvtui.sillytavern.evidence import ChatDecision, ChatSource, decide_chat
+from kvtui.sillytavern.ststate import SillyTavernState
 from kvtui.sillytavern.templates import content_text, nudge_speaker
 
 _SOURCES = {

@@ -20,53 +20,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
-from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kvtui.sillytavern.chatfile import is_header
 from kvtui.sillytavern.data import SillyTavernData
 from kvtui.sillytavern.layout import CHATS_DIR, GROUP_CHATS_DIR, SETTINGS_FILE, is_chat_file_name
 from kvtui.sillytavern.models import ChatRef, Group
-from kvtui.sillytavern.names import strip_name_prefix
+from kvtui.sillytavern.recent import MISS_RUN, RECENT, SCAN_LINES, RecentMessage, read_recent
+from kvtui.sillytavern.recent import prompt_keys as prompt_keys
+from kvtui.sillytavern.ststate import SillyTavernState as SillyTavernState
+from kvtui.sillytavern.ststate import user_name_of
 from kvtui.sillytavern.templates import ControlPrompts
 
 log = logging.getLogger(__name__)
-
-RECENT = 8
-"""How many of each chat's latest visible messages are indexed."""
-MIN_KEY = 8
-"""Shorter lines are not indexed (``*smiles*``, ``Yes.``: too common to tell chats apart)."""
-SCAN_CHARS = 40_000
-"""How much of a prompt's end is looked at at most (the latest messages are at the end)."""
-SCAN_LINES = 160
-"""Lines looked at before the first hit, at most (the latest messages are at the end)."""
-MISS_RUN = 48
-"""After a hit, this many lines in a row without one end the scan (older history)."""
-
-_TAIL_BYTES = 64 * 1024
-_MARKUP = re.compile(
-    r"<\|[^|>\n]{1,40}\|>|\[/?INST\]|</?s>|<(?:start|end)_of_turn>(?:model|user)?"
-    r"|<[|｜][A-Za-z]{1,12}[|｜]>|^#{2,3}\s*[A-Za-z ]{1,20}:?"
-)
-
-
-@dataclass(frozen=True)
-class RecentMessage:
-    """One of a chat's latest visible messages, as indexed."""
-
-    name: str
-    is_user: bool
-    text: str
-    avatar: str | None = None
-    keys: frozenset[str] = frozenset()
-
-    @property
-    def indexable(self) -> bool:
-        return bool(self.keys)
 
 
 @dataclass(frozen=True)
@@ -106,141 +75,6 @@ class ChatMatch:
     def rank(self) -> tuple[int, int, int]:
         """Smaller is better: plausible first, then fewer unseen, then more found."""
         return (0 if self.plausible else 1, len(self.unseen), -len(self.found))
-
-
-@dataclass(frozen=True)
-class SillyTavernState:
-    """What SillyTavern's own files say is open (each may lag or be stale; see module doc)."""
-
-    active_character: str | None = None
-    """``settings.json`` ``active_character``: the avatar file of the selected character."""
-    active_group: str | None = None
-    card_chats: Mapping[str, str] = field(default_factory=dict)
-    """Each character's current chat (card ``chat``), by avatar file."""
-    names: Mapping[str, str] = field(default_factory=dict)
-    """Each character's display name, by avatar file."""
-    groups: Mapping[str, Group] = field(default_factory=dict)
-    user_name: str = "User"
-    prompts: ControlPrompts = field(default_factory=ControlPrompts)
-
-    def avatars_named(self, name: str) -> list[str]:
-        """Avatar files of the characters called ``name`` (names can collide)."""
-        return sorted(a for a, n in self.names.items() if n == name)
-
-    def groups_with(self, avatars: Collection[str]) -> list[Group]:
-        return [g for g in self.groups.values() if any(a in g.members for a in avatars)]
-
-    def current_chats(self, avatars: Collection[str] | None = None) -> dict[str, str | None]:
-        """Current chat id → group id (None for 1:1) of the given characters and their groups
-        (every character's and group's when ``avatars`` is None)."""
-        pool = self.names.keys() if avatars is None else avatars
-        current: dict[str, str | None] = {
-            self.card_chats[a]: None for a in pool if a in self.card_chats
-        }
-        groups = self.groups.values() if avatars is None else self.groups_with(avatars)
-        for group in groups:
-            if group.chat_id:
-                current[group.chat_id] = group.id
-        return current
-
-
-def line_keys(text: str) -> frozenset[str]:
-    """The lookup keys of a message: each long-enough line, also without a ``Name:`` prefix."""
-    keys: set[str] = set()
-    for line in text.split("\n"):
-        s = line.strip()
-        if len(s) >= MIN_KEY:
-            keys.add(s)
-            bare = strip_name_prefix(s).strip()
-            if bare != s and len(bare) >= MIN_KEY:
-                keys.add(bare)
-    return frozenset(keys)
-
-
-def line_variants(line: str) -> list[str]:
-    """The keys one prompt line may match: as is, without instruct markup, without up to two
-    ``Name:`` prefixes (a 1.19 continue renders ``Name:Name: text``)."""
-    s = line.strip()
-    if len(s) < MIN_KEY:
-        return []
-    out = [s]
-    if "<" in s or "[" in s or "#" in s:
-        s = _MARKUP.sub("", s).strip()
-        if len(s) >= MIN_KEY and s != out[0]:
-            out.append(s)
-    for _ in range(2):
-        colon = s.find(":", 0, 66)
-        if colon < 0:
-            break
-        bare = strip_name_prefix(s).strip()
-        if bare == s:
-            break
-        s = bare
-        if len(s) >= MIN_KEY:
-            out.append(s)
-    return out
-
-
-def prompt_keys(text: str) -> Iterator[list[str]]:
-    """The key variants of each line of a prompt's end, newest line first (at most
-    :data:`SCAN_CHARS`)."""
-    end = len(text)
-    floor = max(end - SCAN_CHARS, 0)
-    while end > floor:
-        start = text.rfind("\n", floor, end)
-        yield line_variants(text[start + 1 : end])
-        if start < 0:
-            return
-        end = start
-
-
-def _message(obj: Mapping[str, Any]) -> RecentMessage | None:
-    if obj.get("is_system"):
-        return None  # hidden from the prompt
-    text = obj.get("mes")
-    text = text if isinstance(text, str) else ""
-    name = obj.get("name")
-    avatar = obj.get("original_avatar")
-    return RecentMessage(
-        name=name if isinstance(name, str) else "",
-        is_user=bool(obj.get("is_user")),
-        text=text,
-        avatar=avatar if isinstance(avatar, str) and avatar else None,
-        keys=line_keys(text),
-    )
-
-
-def read_recent(path: Path, count: int = RECENT) -> tuple[RecentMessage, ...]:
-    """The last ``count`` visible messages of a chat file, reading only as much of its end as
-    needed. Raises ``OSError`` when the file cannot be read."""
-    with path.open("rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        want = _TAIL_BYTES
-        while True:
-            start = max(size - want, 0)
-            f.seek(start)
-            raw = f.read()
-            lines = raw.split(b"\n")
-            if start > 0:
-                lines = lines[1:]  # cut mid-line
-            found: list[RecentMessage] = []
-            for number in range(len(lines) - 1, -1, -1):
-                line = lines[number].strip()
-                if not line:
-                    continue
-                try:
-                    obj = json.loads(line)
-                except (UnicodeDecodeError, ValueError):
-                    continue
-                if not isinstance(obj, dict) or (start == 0 and number == 0 and is_header(obj)):
-                    continue
-                if (message := _message(obj)) is not None:
-                    found.append(message)
-                    if len(found) >= count:
-                        break
-            if len(found) >= count or start == 0:
-                return tuple(reversed(found))
-            want *= 4
 
 
 def _stat_chat_files(user_dir: Path) -> dict[str, tuple[int, int]]:
@@ -417,7 +251,7 @@ class ChatIndex:
             card_chats={c.avatar: c.chat for c in cards if c.chat},
             names={c.avatar: c.name for c in cards},
             groups={g.id: g for g in self.data.groups()},
-            user_name=_user_name(settings),
+            user_name=user_name_of(settings),
             prompts=ControlPrompts.from_settings(settings),
         )
 
@@ -451,17 +285,6 @@ class ChatIndex:
             matches.append(ChatMatch(entry, frozenset(positions)))
         matches.sort(key=lambda m: (m.rank, -m.chat.mtime, str(m.chat.ref.path)))
         return matches
-
-
-def _user_name(settings: Mapping[str, Any]) -> str:
-    power = settings.get("power_user")
-    avatar = settings.get("user_avatar")
-    if isinstance(power, Mapping) and isinstance(power.get("personas"), Mapping):
-        persona = power["personas"].get(avatar)
-        if isinstance(persona, str) and persona:
-            return persona
-    name = settings.get("username")
-    return name if isinstance(name, str) and name else "User"
 
 
 def seconds_since(entry: IndexedChat, now: float | None = None) -> float:

@@ -16,7 +16,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from kvtui.sillytavern.chatindex import ChatMatch, IndexedChat, SillyTavernState
+from kvtui.sillytavern.chatindex import ChatMatch, IndexedChat
+from kvtui.sillytavern.ststate import SillyTavernState
 
 
 class ChatSource(StrEnum):
