@@ -99,7 +99,7 @@ def memory_schema(
             "content": {"type": "string", "minLength": 1, "maxLength": max_content},
             "keywords": {
                 "type": "array",
-                "items": {"type": "string", "minLength": 1, "maxLength": 40},
+                "items": {"type": "string", "minLength": 1, "maxLength": 32},
                 "minItems": 1,
                 "maxItems": max_keywords,
             },

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from kvtui.llama.client import LlamaClient
 from kvtui.llama.errors import LlamaError
@@ -44,12 +44,8 @@ class PromptTooLarge(JobError):
     """The prompt and the reply cannot fit the slot's context."""
 
 
-class Gate(Protocol):
-    """What the service passes to hold routing off: an ``asyncio.Lock`` works."""
-
-    async def __aenter__(self) -> Any: ...
-
-    async def __aexit__(self, *exc: object) -> Any: ...
+Gate = contextlib.AbstractAsyncContextManager[Any]
+"""What the service passes to hold routing off during a borrow: its ``asyncio.Lock``."""
 
 
 @dataclass(frozen=True)
