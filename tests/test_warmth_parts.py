@@ -199,3 +199,29 @@ def test_the_service_layer_never_imports_textual() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_begin_routed_carries_the_routing_facts(tmp_path: Path) -> None:
+    from kvtui.outcomes import LoadOutcome, RouteDecision, SaveOutcome
+    from kvtui.warmth.bridge import begin_routed
+
+    (tmp_path / "kael.bin").write_bytes(b"x" * 5392)
+    ledger = WarmthLedger(None)
+    kw = {"chat": "camp", "source": "explicit", "gen_type": "normal", "save_dir": tmp_path}
+    mira_out = RouteDecision(0, "camp", "Kael", False, None, None, "Mira")
+    ticket = begin_routed(ledger, mira_out, character="Kael", prompt="Kael story", **kw)  # type: ignore[arg-type]
+    assert not ticket.decision.resident and not ticket.decision.evicted_unsaved
+    saved = SaveOutcome(0, "camp", "Kael", "kael.bin", 10, 5392, None)
+    restored = LoadOutcome(1, "camp", "Mira", "kael.bin", 10, False)
+    back = RouteDecision(1, "camp", "Mira", False, restored, saved, "Kael")
+    ticket = begin_routed(ledger, back, character="Mira", prompt="Mira story", **kw)  # type: ignore[arg-type]
+    d = ticket.decision
+    assert d.evicted_unsaved  # Mira was evicted without a save before
+    assert (d.restored, d.restored_tokens, d.disk_read_bytes) == ("kael.bin", 10, 5392)
+    assert (d.disk_write_bytes, d.disk_write_tokens) == (5392, 10)
+    ledger.note_server_restart()
+    again = begin_routed(ledger, None, character="Kael", prompt="Kael story 2", **kw)  # type: ignore[arg-type]
+    assert again.decision.server_restarted and not again.decision.evicted_unsaved
+    ledger.note_chat_switch()
+    switched = begin_routed(ledger, None, character="Mira", prompt="Mira 2", **kw)  # type: ignore[arg-type]
+    assert switched.decision.chat_switched and switched.decision.server_restarted

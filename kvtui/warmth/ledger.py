@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,7 @@ class WarmthLedger:
         self._occupant: dict[int, Key] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._order = asyncio.Lock()
+        self._flags: dict[Key, set[str]] = {}
         self.ram: RamCacheInfo | None = None
         self.ram_model = RamCacheModel(None)
 
@@ -118,20 +119,49 @@ class WarmthLedger:
         return self.ram_model.holds((chat, character))
 
     def note_server_restart(self) -> None:
-        """llama-server restarted: its slots and its memory are empty."""
+        """llama-server restarted: its slots and its memory are empty. Every character's next
+        turn is marked ``server_restarted``."""
         self.ram_model.clear()
         self._occupant.clear()
+        self._flag_all("server_restarted")
+
+    def note_chat_switch(self) -> None:
+        """A chat switch erased the slots: every character's next turn is ``chat_switched``."""
+        self.note_slots_erased()
+        self._flag_all("chat_switched")
 
     def note_slots_erased(self, slots: list[int] | None = None) -> None:
         """kvtui erased slots (a chat switch, a clear): their states went nowhere."""
         for slot in list(self._occupant) if slots is None else slots:
             self._occupant.pop(slot, None)
 
+    def note_evicted(self, chat: str, character: str, *, saved: bool) -> None:
+        """kvtui evicted a character; without a save its next turn is ``evicted_unsaved``."""
+        flags = self._flags.setdefault((chat, character), set())
+        if saved:
+            flags.discard("evicted_unsaved")
+        else:
+            flags.add("evicted_unsaved")
+
+    def _flag_all(self, flag: str) -> None:
+        for key in self._memory:
+            self._flags.setdefault(key, set()).add(flag)
+
     # -- the two calls ----------------------------------------------------------------------
 
     def begin(self, decision: TurnDecision) -> TurnTicket:
-        """A generation was routed. Cheap and synchronous."""
+        """A generation was routed. Cheap and synchronous. Facts noted since the character's
+        last turn (:meth:`note_server_restart`, :meth:`note_chat_switch`,
+        :meth:`note_evicted`) are added to ``decision``."""
         key = (decision.chat, decision.character)
+        flags = self._flags.pop(key, set())
+        if flags:
+            decision = replace(
+                decision,
+                server_restarted=decision.server_restarted or "server_restarted" in flags,
+                chat_switched=decision.chat_switched or "chat_switched" in flags,
+                evicted_unsaved=decision.evicted_unsaved or "evicted_unsaved" in flags,
+            )
         remembered = self._memory.get(key)
         previous: _Prior | None = None
         similar = False
