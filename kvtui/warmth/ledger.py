@@ -60,7 +60,7 @@ class TurnTicket:
     decision: TurnDecision
     current: _Prior | None
     previous: _Prior | None
-    similar: bool
+    candidates: tuple[_Prior, ...]  # an unsure identity's possible earlier selves
     begun: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -164,15 +164,14 @@ class WarmthLedger:
             )
         remembered = self._memory.get(key)
         previous: _Prior | None = None
-        similar = False
         if decision.previous_prompt is not None:
             same = remembered is not None and remembered.prompt == decision.previous_prompt
             previous = remembered if same else _Prior(decision.previous_prompt)
         elif remembered is not None:
             previous = remembered
-        elif decision.prompt is not None and decision.source in UNSURE_SOURCES:
-            previous = self._similar(decision.prompt)
-            similar = previous is not None
+        candidates: tuple[_Prior, ...] = ()
+        if previous is None and decision.prompt is not None and decision.source in UNSURE_SOURCES:
+            candidates = tuple(self._memory.values())  # searched off the hot path
         current = _Prior(decision.prompt) if decision.prompt is not None else None
         if current is not None:
             self._memory.pop(key, None)
@@ -180,7 +179,7 @@ class WarmthLedger:
             while len(self._memory) > _MEMORY:
                 self._memory.popitem(last=False)
         self._track_slot(decision, key)
-        return TurnTicket(decision, current, previous, similar)
+        return TurnTicket(decision, current, previous, candidates)
 
     def finish(
         self,
@@ -229,9 +228,10 @@ class WarmthLedger:
 
     # -- inside -----------------------------------------------------------------------------
 
-    def _similar(self, prompt: str) -> _Prior | None:
+    @staticmethod
+    def _similar(prompt: str, candidates: tuple[_Prior, ...]) -> _Prior | None:
         best: tuple[int, _Prior] | None = None
-        for prior in self._memory.values():
+        for prior in candidates:
             shared = common_prefix(prompt, prior.prompt)
             if shared >= max(_SIMILAR_MIN_CHARS, len(prior.prompt) // 2) and (
                 best is None or shared > best[0]
@@ -286,7 +286,10 @@ class WarmthLedger:
         d = ticket.decision
         prompt_n, cache_n = int(timings["prompt_n"]), int(timings["cache_n"])
         predicted = timings.get("predicted_n")
-        previous = ticket.previous
+        previous, similar = ticket.previous, False
+        if previous is None and ticket.candidates and d.prompt is not None:
+            previous = self._similar(d.prompt, ticket.candidates)
+            similar = previous is not None
         split = await split_turn(
             d,
             prompt_n,
@@ -294,7 +297,7 @@ class WarmthLedger:
             previous=previous.prompt if previous else None,
             previous_tokens=previous.tokens if previous else None,
             count=self._count,
-            similar=ticket.similar,
+            similar=similar,
         )
         if ticket.current is not None:
             ticket.current.tokens = prompt_n + cache_n
@@ -325,6 +328,7 @@ class WarmthLedger:
             restored_tokens=d.restored_tokens,
             disk_write_tokens=d.disk_write_tokens + written_tokens,
             estimated=split.estimated,
+            known_extent=d.known_extent,
         )
 
     def _error(self, message: str) -> None:

@@ -39,7 +39,9 @@ class TurnDecision:
 
     ``prompt`` / ``previous_prompt`` are texts (Chat Completion bodies: their canonical text);
     ``None`` for token-id prompts. ``known_extent`` is the tokens kvtui believes the character's
-    cache held before this turn (the slot book's count, or a restore's ``n_restored``).
+    cache held before this turn (the slot book's count, or a restore's ``n_restored``); it is
+    recorded beside the server's figures (the split itself uses the server's own counts).
+    ``facts_known=False`` says the routing facts are unknown: a loss is then ``unattributed``.
     """
 
     chat: str
@@ -95,6 +97,7 @@ class TurnRecord:
     restored_tokens: int | None = None
     disk_write_tokens: int = 0
     estimated: bool = False
+    known_extent: int | None = None
 
     @property
     def total(self) -> int:
@@ -140,6 +143,7 @@ class TurnRecord:
                 restored_tokens=_opt_int(data.get("restored_tokens")),
                 disk_write_tokens=int(data.get("disk_write_tokens") or 0),
                 estimated=bool(data.get("estimated", False)),
+                known_extent=_opt_int(data.get("known_extent")),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
