@@ -225,3 +225,20 @@ async def test_begin_routed_carries_the_routing_facts(tmp_path: Path) -> None:
     ledger.note_chat_switch()
     switched = begin_routed(ledger, None, character="Mira", prompt="Mira 2", **kw)  # type: ignore[arg-type]
     assert switched.decision.chat_switched and switched.decision.server_restarted
+
+
+async def test_quiet_generations_are_not_the_characters_previous_prompt() -> None:
+    ledger = WarmthLedger(None)
+    story = "Kael's story. " * 20
+
+    async def turn(prompt: str, gen_type: str, prompt_n: int, cache_n: int) -> TurnRecord:
+        d = TurnDecision("camp", "Kael", "explicit", gen_type, 0, prompt)
+        ledger.finish(ledger.begin(d), {"prompt_n": prompt_n, "cache_n": cache_n})
+        await ledger.drain()
+        return ledger.records()[-1]
+
+    await turn(story + "User: hi\nKael:", "normal", 100, 0)
+    await turn("Summarize the chat so far.", "quiet", 10, 0)
+    after = await turn(story + "User: hi\nKael: hello\nUser: go\nKael:", "normal", 30, 80)
+    assert after.first_diff == len(story + "User: hi\nKael:")
+    assert (after.new_tokens, after.lost_tokens) == (10, 20)  # 20 of the 100 were not reused

@@ -42,6 +42,8 @@ Tokenize = Callable[[str], Awaitable[list[int]]]
 Key = tuple[str, str]
 _MEMORY = 128
 _SIMILAR_MIN_CHARS = 128
+_SESSION = 50_000
+_SIDE_TURNS = frozenset({"quiet", "impersonate"})  # not the character's chat: not remembered
 
 
 @dataclass
@@ -91,7 +93,7 @@ class WarmthLedger:
         self._tokenize = tokenize
         self._on_error = on_error
         self._ring: deque[TurnRecord] = deque(maxlen=max(1, ring))
-        self._session: list[TurnRecord] = []
+        self._session: deque[TurnRecord] = deque(maxlen=_SESSION)
         self._memory: OrderedDict[Key, _Prior] = OrderedDict()
         self._occupant: dict[int, Key] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -173,7 +175,7 @@ class WarmthLedger:
         if previous is None and decision.prompt is not None and decision.source in UNSURE_SOURCES:
             candidates = tuple(self._memory.values())  # searched off the hot path
         current = _Prior(decision.prompt) if decision.prompt is not None else None
-        if current is not None:
+        if current is not None and decision.gen_type not in _SIDE_TURNS:
             self._memory.pop(key, None)
             self._memory[key] = current
             while len(self._memory) > _MEMORY:
@@ -220,8 +222,9 @@ class WarmthLedger:
         return slot_warmth(self._ring)
 
     def summary(self) -> SessionSummary:
+        """Totals of this session (its newest 50,000 turns)."""
         return summarize(
-            self._session,
+            tuple(self._session),
             real_model_bytes_per_token=self.policy.real_model_bytes_per_token,
             disk_mb_per_second=self.policy.disk_mb_per_second,
         )
