@@ -58,6 +58,7 @@ class Accounting:
     summary: SessionSummary
     source: str  # "proxy turns.jsonl" or "offline"
     by_phase: Counter[str] = field(default_factory=Counter)
+    by_kind: Counter[str] = field(default_factory=Counter)
 
 
 def script_turns(steps: list[Any]) -> list[Turn]:
@@ -110,6 +111,7 @@ async def account_offline(
 
     ledger = WarmthLedger(None, tokenize=tokenize, ring=len(turns) + 1)
     by_phase: Counter[str] = Counter()
+    by_kind: Counter[str] = Counter()
     try:
         for turn, t in zip(turns, timings, strict=True):
             known = turn.after_restart or turn.after_switch
@@ -126,11 +128,13 @@ async def account_offline(
             )
             ledger.finish(ledger.begin(d), t)
             await ledger.drain()
-            by_phase[turn.phase] += ledger.records()[-1].lost_tokens
+            lost = ledger.records()[-1].lost_tokens
+            by_phase[turn.phase] += lost
+            by_kind[turn.kind] += lost
     finally:
         if wire is not None:
             wire.close()
-    return Accounting(ledger.summary(), "offline", by_phase)
+    return Accounting(ledger.summary(), "offline", by_phase, by_kind)
 
 
 def account_from_log(state_dir: Path) -> Accounting | None:
@@ -200,7 +204,8 @@ async def report_warmth(
         )
         if accounting.by_phase:
             phases = ", ".join(f"{p} {n:,}" for p, n in accounting.by_phase.items())
-            note(f"{variant}: lost by phase: {phases}")
+            kinds = ", ".join(f"{k} {n:,}" for k, n in accounting.by_kind.items())
+            note(f"{variant}: lost by phase: {phases}; by generation type: {kinds}")
         if kvtui and first.save_dir is not None:
             disk = disk_traffic(first.proxy_log, first.save_dir)
             ctx.add(Figure(NAME, f"{variant}: disk read", disk.read_mb, "MB"))
