@@ -98,3 +98,9 @@ def test_capacity_in_tokens() -> None:
     assert on.capacity_tokens(163_840, 16_384) == 52_428
     assert on.capacity_tokens(10**9, 16_384) == 16_384
     assert RamCacheInfo(True, -1, "command line", "").capacity_tokens(528, 4096) is None
+
+
+async def test_avoided_slots_are_never_probed(no_ram_server: EmbeddedServer) -> None:
+    async with LlamaClient(no_ram_server.url) as client:
+        info = await detect_ram_cache(client, avoid={0, 1})
+        assert info.probe_cache_n is None and info.enabled is False

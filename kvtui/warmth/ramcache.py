@@ -23,7 +23,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -76,14 +76,14 @@ def _probe_text(nonce: str, words: int = 40) -> str:
     return " ".join(out) + "."
 
 
-async def _free_slot(client: LlamaClient) -> int | None:
-    """The highest slot that holds nothing and is idle, or ``None``."""
+async def _free_slot(client: LlamaClient, avoid: Collection[int]) -> int | None:
+    """The highest idle slot that holds nothing and is not in ``avoid``, or ``None``."""
     try:
         slots = await client.slots()
     except LlamaError:
         return None
     for slot in reversed(slots):
-        if not slot.is_processing and not slot.n_prompt_tokens:
+        if slot.id not in avoid and not slot.is_processing and not slot.n_prompt_tokens:
             return slot.id
     return None
 
@@ -189,11 +189,14 @@ async def detect_ram_cache(
     slot: int | None = None,
     probe: bool = True,
     log_text: str | None = None,
+    avoid: Collection[int] = (),
 ) -> RamCacheInfo:
     """Tell whether the server keeps evicted prompts in host memory, and its size.
 
-    The probe runs in ``slot`` (default: the highest free slot; with none free it is skipped and
-    the answer rests on the command line or log). Never raises for a server that answers.
+    The probe runs in ``slot`` (default: the highest slot that looks free and is not in
+    ``avoid``; with none it is skipped and the answer rests on the command line or log). A
+    restore into a never-used slot does not show in ``/slots``, so pass the slots kvtui's book
+    holds as ``avoid`` (or run this before any restore). Never raises for a server that answers.
     """
     size: int | None = None
     source: str | None = None
@@ -207,7 +210,7 @@ async def detect_ram_cache(
     if size is None:
         size, source = DEFAULT_CACHE_RAM_MIB, "assumed default"
     if probe:
-        target = slot if slot is not None else await _free_slot(client)
+        target = slot if slot is not None else await _free_slot(client, avoid)
         if target is not None:
             try:
                 on, cached, tokens = await probe_ram_cache(client, target)
