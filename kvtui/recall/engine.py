@@ -32,10 +32,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from kvtui.recall.history import Change, ChatView, chat_view, compare
+from kvtui.recall.history import ChatView, chat_view
 from kvtui.recall.longterm import build_longterm, longterm_due
 from kvtui.recall.macro import replace_macros, scan
 from kvtui.recall.memories import Memory, MemorySource
+from kvtui.recall.policy import Action, decide
 from kvtui.recall.select import (
     TokenCounter,
     advance,
@@ -45,7 +46,7 @@ from kvtui.recall.select import (
     rank,
     render_block,
 )
-from kvtui.recall.settings import RecallSettings, SwipePolicy
+from kvtui.recall.settings import RecallSettings
 from kvtui.recall.state import CharacterRecall, LongTerm, load_state, save_state
 from kvtui.slots import GenType
 
@@ -88,9 +89,6 @@ class RecallTelemetry:
 class RecallOutcome:
     body: dict[str, Any]  # what to forward (the caller's body itself when nothing changed)
     telemetry: RecallTelemetry
-
-
-_QUIET = (GenType.QUIET, GenType.IMPERSONATE)
 
 
 class RecallEngine:
@@ -238,79 +236,35 @@ class RecallEngine:
         exclude: set[str],
     ) -> tuple[Decision, str, tuple[str, ...], str]:
         state = self.state.character(chat, character)
-        if gen_type in _QUIET:
-            if state is not None and state.key is not None:
-                return Decision.REUSED, f"{gen_type} never changes the cached recall", *_of(state)
-            round_no = state.round + 1 if state else 1
-            ids, text = self._compute(
-                view, memories, exclude, state.sticky if state else {}, round_no
-            )
-            return (
-                Decision.TRANSIENT,
-                f"{gen_type} with no cached recall: computed, not kept",
-                ids,
-                text,
-            )
-        if state is None or state.key is None:
-            return self._new_round(
+        action, reason = decide(state, view.key, gen_type, self.settings.swipe_policy)
+        if action is Action.REUSE and state is not None:
+            return Decision.REUSED, reason, state.ids, state.text
+        if action is Action.REDO and state is not None:
+            before = state.sticky_before
+            ids, text = self._compute(view, memories, exclude, before, state.round)
+            self.state.put(
                 chat,
                 character,
-                state,
-                view,
-                memories,
-                exclude,
-                "no cached recall for this chat and character yet",
+                replace(
+                    state,
+                    key=view.key,
+                    text=text,
+                    ids=ids,
+                    sticky=advance(before, ids, state.round),
+                    stale=None,
+                ),
             )
-        if gen_type is GenType.CONTINUE and state.stale is None:
-            return Decision.REUSED, "continue extends the same reply", *_of(state)
-        change = compare(state.key, view.key)
-        if change is Change.NEXT_TURN:
-            return self._new_round(
-                chat, character, state, view, memories, exclude, "a new user message"
-            )
-        if state.stale is not None:
-            return self._redo(chat, character, state, view, memories, exclude, state.stale)
-        if change is Change.EDITED:
-            return self._redo(
-                chat,
-                character,
-                state,
-                view,
-                memories,
-                exclude,
-                "the user's last message changed (edited)",
-            )
-        if change is Change.SCANNED_EDITED:
-            return self._redo(
-                chat,
-                character,
-                state,
-                view,
-                memories,
-                exclude,
-                "a scanned message changed (edited)",
-            )
-        if change is Change.DELETED:
-            return self._redo(
-                chat,
-                character,
-                state,
-                view,
-                memories,
-                exclude,
-                "the chat is shorter (messages were deleted)",
-            )
-        if gen_type is GenType.SWIPE and self.settings.swipe_policy is SwipePolicy.RECOMPUTE:
-            return self._new_round(
-                chat,
-                character,
-                state,
-                view,
-                memories,
-                exclude,
-                "swipe, recomputed by the swipe setting",
-            )
-        return Decision.REUSED, f"{gen_type} with the user's message unchanged", *_of(state)
+            return Decision.RECOMPUTED, reason, ids, text
+        sticky = dict(state.sticky) if state else {}
+        round_no = (state.round if state else 0) + 1
+        ids, text = self._compute(view, memories, exclude, sticky, round_no)
+        if action is Action.TRANSIENT:
+            return Decision.TRANSIENT, reason, ids, text
+        last = state.last_injected if state else None
+        after = advance(sticky, ids, round_no)
+        recall = CharacterRecall(round_no, view.key, text, ids, after, sticky, None, last)
+        self.state.put(chat, character, recall)
+        return Decision.COMPUTED, reason, ids, text
 
     def _compute(
         self,
@@ -327,55 +281,6 @@ class RecallEngine:
         ranked = rank(memories, window, s, sticky, round_no, exclude)
         chosen = chronological(pick(ranked, s, self.count_tokens))
         return tuple(m.id for m in chosen), render_block(chosen, s)
-
-    def _new_round(
-        self,
-        chat: str,
-        character: str,
-        state: CharacterRecall | None,
-        view: ChatView,
-        memories: Sequence[Memory],
-        exclude: set[str],
-        reason: str,
-    ) -> tuple[Decision, str, tuple[str, ...], str]:
-        before = dict(state.sticky) if state else {}
-        round_no = (state.round if state else 0) + 1
-        ids, text = self._compute(view, memories, exclude, before, round_no)
-        last = state.last_injected if state else None
-        self.state.put(
-            chat,
-            character,
-            CharacterRecall(
-                round_no, view.key, text, ids, advance(before, ids, round_no), before, None, last
-            ),
-        )
-        return Decision.COMPUTED, reason, ids, text
-
-    def _redo(
-        self,
-        chat: str,
-        character: str,
-        state: CharacterRecall,
-        view: ChatView,
-        memories: Sequence[Memory],
-        exclude: set[str],
-        reason: str,
-    ) -> tuple[Decision, str, tuple[str, ...], str]:
-        before = state.sticky_before
-        ids, text = self._compute(view, memories, exclude, before, state.round)
-        self.state.put(
-            chat,
-            character,
-            replace(
-                state,
-                key=view.key,
-                text=text,
-                ids=ids,
-                sticky=advance(before, ids, state.round),
-                stale=None,
-            ),
-        )
-        return Decision.RECOMPUTED, reason, ids, text
 
     def _note_injected(self, chat: str, character: str, text: str) -> bool | None:
         state = self.state.characters.get((chat, character))
@@ -397,7 +302,3 @@ class RecallEngine:
             save_state(self.state_path, self.state)
         except OSError as err:
             self.load_error = f"Could not write the recall state {self.state_path}: {err}"
-
-
-def _of(state: CharacterRecall) -> tuple[tuple[str, ...], str]:
-    return state.ids, state.text

@@ -20,16 +20,19 @@ written without the macro line — which is what SillyTavern sends for an empty 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 
+@functools.lru_cache(maxsize=64)
 def _well_formed(name: str) -> re.Pattern[str]:
     return re.compile(r"(?<!\{)\{\{[ \t]*" + re.escape(name) + r"[ \t]*\}\}(?!\})", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=64)
 def _any_braced(name: str) -> re.Pattern[str]:
     # the name with at least one brace next to it (spaces allowed between)
     n = re.escape(name)
