@@ -390,7 +390,7 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
 def test_damaged_state_file_is_set_aside(tmp_path: Path) -> None:
     (tmp_path / "recall.json").write_text("{not json", encoding="utf-8")
     eng = engine(tmp_path)
-    assert eng.load_error is not None and "set aside" in eng.load_error
+    assert eng.error is not None and "set aside" in eng.error
     assert (tmp_path / "recall.json.bad").read_text(encoding="utf-8") == "{not json"
     assert apply(eng, tc_body(tc_prompt(TURN1)), GenType.NORMAL).telemetry.decision is (
         Decision.COMPUTED
@@ -402,3 +402,14 @@ def test_body_is_never_mutated() -> None:
     kept = copy.deepcopy(body)
     apply(engine(), body, GenType.NORMAL)
     assert body == kept
+
+
+def test_a_reused_recall_does_not_rewrite_the_state_file(tmp_path: Path) -> None:
+    eng = engine(tmp_path)
+    apply(eng, tc_body(tc_prompt(TURN1)), GenType.NORMAL)
+    path = tmp_path / "recall.json"
+    inode = path.stat().st_ino
+    apply(eng, tc_body(tc_prompt(TURN1)), GenType.SWIPE)
+    assert path.stat().st_ino == inode  # an atomic write would have replaced the file
+    apply(eng, tc_body(tc_prompt(TURN2)), GenType.NORMAL)
+    assert path.stat().st_ino != inode

@@ -26,12 +26,15 @@ message would have. Without a well-formed macro nothing is computed and the body
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from kvtui.atomic import write_atomic
 from kvtui.recall.history import ChatView, chat_view
 from kvtui.recall.longterm import build_longterm, longterm_due
 from kvtui.recall.macro import replace_macros, scan
@@ -47,7 +50,7 @@ from kvtui.recall.select import (
     render_block,
 )
 from kvtui.recall.settings import RecallSettings
-from kvtui.recall.state import CharacterRecall, LongTerm, load_state, save_state
+from kvtui.recall.state import CharacterRecall, LongTerm, load_state
 from kvtui.slots import GenType
 
 
@@ -106,7 +109,10 @@ class RecallEngine:
         self.source = source
         self.state_path = state_path
         self.count_tokens = count_tokens
-        self.state, self.load_error = load_state(state_path)
+        self.state, self.error = load_state(state_path)
+        """The last problem with the state file (unreadable at start, or a failed write)."""
+        self._lock = threading.Lock()  # the proxy may call from worker threads
+        self._written: str | None = None
 
     # -- the proxy's entry points ------------------------------------------------------------
 
@@ -122,7 +128,33 @@ class RecallEngine:
         client: Mapping[str, Any] | None = None,
     ) -> RecallOutcome:
         """Replace the recall macros of ``body`` (a generation request without its ``kvtui``
-        object, which is passed as ``client``). Never raises on bad input or a bad book."""
+        object, which is passed as ``client``). Never raises on bad input or a bad book.
+
+        It reads the memory book and may write the state file: call it off the event loop
+        (``asyncio.to_thread``). ``body`` is never modified.
+        """
+        with self._lock:
+            return self._apply(
+                body,
+                chat=chat,
+                character=character,
+                gen_type=gen_type,
+                user_name=user_name,
+                names=names,
+                client=client,
+            )
+
+    def _apply(
+        self,
+        body: dict[str, Any],
+        *,
+        chat: str,
+        character: str,
+        gen_type: GenType,
+        user_name: str | None,
+        names: Sequence[str],
+        client: Mapping[str, Any] | None,
+    ) -> RecallOutcome:
         s = self.settings
         if not s.enabled:
             return RecallOutcome(body, RecallTelemetry("disabled"))
@@ -191,19 +223,21 @@ class RecallEngine:
         if kind not in ("message_edited", "message_deleted"):
             return
         why = "a message was edited" if kind == "message_edited" else "a message was deleted"
-        for (c, ch), value in self.state.characters.items():
-            if c == chat and (character is None or ch == character) and value.key is not None:
-                value.stale = why + " (reported by the extension)"
-        self._save()
+        with self._lock:
+            for (c, ch), value in self.state.characters.items():
+                if c == chat and (character is None or ch == character) and value.key is not None:
+                    value.stale = why + " (reported by the extension)"
+            self._save()
 
     def refresh_longterm(self, chat: str) -> int:
         """Rebuild a chat's long-term block now ("on request"); returns its new batch number."""
-        memories, _error = self._memories(chat)
-        old = self.state.chat_longterm(chat)
-        block = build_longterm(memories, self.settings, self.count_tokens, old)
-        self.state.put_longterm(chat, block)
-        self._save()
-        return block.batch
+        with self._lock:
+            memories, _error = self._memories(chat)
+            old = self.state.chat_longterm(chat)
+            block = build_longterm(memories, self.settings, self.count_tokens, old)
+            self.state.put_longterm(chat, block)
+            self._save()
+            return block.batch
 
     def cached(self, chat: str, character: str) -> CharacterRecall | None:
         """The cached recall of a (chat, character), for the dashboard and ``kvtui stats``."""
@@ -298,7 +332,14 @@ class RecallEngine:
         return last is not None and last != block.text
 
     def _save(self) -> None:
+        """Write the state file when it changed (a reused recall writes nothing)."""
+        if self.state_path is None:
+            return
+        text = json.dumps(self.state.to_json(), ensure_ascii=False, sort_keys=True)
+        if text == self._written:
+            return
         try:
-            save_state(self.state_path, self.state)
+            write_atomic(self.state_path, text)
+            self._written = text
         except OSError as err:
-            self.load_error = f"Could not write the recall state {self.state_path}: {err}"
+            self.error = f"Could not write the recall state {self.state_path}: {err}"

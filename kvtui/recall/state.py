@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvtui.atomic import write_atomic
 from kvtui.recall.history import RecallKey
 from kvtui.recall.select import Sticky
 
@@ -191,8 +190,3 @@ def load_state(path: Path | None) -> tuple[RecallState, str | None]:
             f"Recall state {path} was unreadable ({err}); set aside as {path.name}.bad, "
             "recall starts afresh."
         )
-
-
-def save_state(path: Path | None, state: RecallState) -> None:
-    if path is not None:
-        write_atomic(path, json.dumps(state.to_json(), ensure_ascii=False, sort_keys=True))
