@@ -170,18 +170,22 @@ def test_regenerate_or_swipe_with_the_message_unchanged_reuses(gen: GenType) -> 
     assert again.body == first.body
 
 
-def test_regenerate_after_the_user_edited_the_message_recomputes() -> None:
+@pytest.mark.parametrize("gen", [GenType.REGENERATE, GenType.SWIPE, GenType.NORMAL])
+def test_regenerate_after_the_user_edited_the_message_recomputes(gen: GenType) -> None:
+    """As the extension declares it (regenerate/swipe), or as the wire classifier sees it."""
+    edited: Chat = [(CHAR, GREETING), (USER, "Are there wolves here?")]
     eng = engine()
     apply(eng, tc_body(tc_prompt(TURN1)), GenType.NORMAL)
-    edited: Chat = [(CHAR, GREETING), (USER, "Are there wolves here?")]
-    for gen in (GenType.REGENERATE, GenType.SWIPE, GenType.NORMAL):
-        fresh = engine()
-        apply(fresh, tc_body(tc_prompt(TURN1)), GenType.NORMAL)
-        out = apply(fresh, tc_body(tc_prompt(edited)), gen)
-        assert out.telemetry.decision is Decision.RECOMPUTED, gen
-        assert out.telemetry.reason == "the user's last message changed (edited)"
-        assert out.telemetry.memory_ids == ("kvtui - chat.json#3",)
-        assert "Shadow wolves hunt at night.\nAlex: Are there wolves here?" in out.body["prompt"]
+    out = apply(eng, tc_body(tc_prompt(edited)), gen)
+    assert out.telemetry.decision is Decision.RECOMPUTED
+    assert out.telemetry.reason == "the user's last message changed (edited)"
+    assert out.telemetry.memory_ids == ("kvtui - chat.json#3",)
+    assert "Shadow wolves hunt at night.\nAlex: Are there wolves here?" in out.body["prompt"]
+    # the redone round started from the same sticky records: as if the edit had been sent first
+    first_send = engine()
+    direct = apply(first_send, tc_body(tc_prompt(edited)), GenType.NORMAL)
+    assert out.body == direct.body
+    assert eng.cached(CHAT, CHAR) == first_send.cached(CHAT, CHAR)
 
 
 def test_delete_then_regenerate_recomputes() -> None:
@@ -352,9 +356,8 @@ def test_spaces_and_case_inside_the_braces_are_the_macro() -> None:
 @pytest.mark.parametrize("shape", ["tc", "cc"])
 def test_empty_recall_is_byte_identical_to_the_request_without_the_macro(shape: str) -> None:
     eng = RecallEngine(RecallSettings(), StaticSource({}))
-    build = tc_body if shape == "tc" else None
     chat: Chat = [(CHAR, GREETING), (USER, "Hello there.")]
-    if build is not None:
+    if shape == "tc":
         with_macro, without = tc_body(tc_prompt(chat)), tc_body(tc_prompt(chat, note=None))
     else:
         with_macro, without = cc_body(chat), cc_body(chat, note=None)
