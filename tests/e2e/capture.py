@@ -119,6 +119,7 @@ def capture(out: Path, *, extension: bool) -> None:
                 page.context.close()
             assert stack.tap is not None
             records = stack.tap.snapshot()
+            events = [r.body for r in records if r.path == "/kvtui/v1/event"]
         gens = [r for r in records if r.is_generation]
         if len(gens) != len(expected):
             raise SystemExit(f"{len(gens)} generation requests for {len(expected)} expected")
@@ -140,7 +141,11 @@ def capture(out: Path, *, extension: bool) -> None:
                 "generations": manifest, "other_requests": dict(sorted(others.items())),
             }, indent=1, ensure_ascii=False) + "\n", encoding="utf-8",
         )  # fmt: skip
-        if not extension:
+        if extension:
+            (target / "events.json").write_text(
+                json.dumps(events, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
+        else:
             (target / "opens.json").write_text(
                 json.dumps(probe.results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
             )
