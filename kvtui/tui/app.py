@@ -38,6 +38,7 @@ class KvtuiApp(App[int]):
         config_path: Path | None = None,
         on_exit: Callable[[], None] | None = None,
         automatic: bool = False,
+        demo_slots: int | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -45,12 +46,18 @@ class KvtuiApp(App[int]):
         self.config_path = config_path
         self._on_exit = on_exit
         self.automatic = automatic
+        self.demo_slots = demo_slots
+        """Set in ``kvtui demo``: the demo server's slot count (adds the demo's keys)."""
         self.proxy: ProxyServer | None = None
         self._automatic_stop = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
         self._saves_task: asyncio.Task[None] | None = None
 
     def get_default_screen(self) -> Screen[None]:
+        if self.demo_slots is not None:
+            from kvtui.tui.screens.demo import DemoScreen
+
+            return DemoScreen(self.service, config_path=self.config_path, n_slots=self.demo_slots)
         return DashboardScreen(self.service, config_path=self.config_path)
 
     async def on_mount(self) -> None:
@@ -127,6 +134,7 @@ def make_app(
     on_exit: Callable[[], None] | None = None,
     config_path: Path | None = None,
     automatic: bool = False,
+    demo_slots: int | None = None,
 ) -> KvtuiApp:
     """Build the dashboard app (nothing is started and no I/O happens until it runs).
 
@@ -139,6 +147,8 @@ def make_app(
             config path, or ``$KVTUI_CONFIG``).
         automatic: Run the routing proxy and the SillyTavern chat-switch watcher in the
             app's loop (``kvtui`` does when ``proxy_enabled`` is set).
+        demo_slots: Run as ``kvtui demo`` with this many server slots: the dashboard gets the
+            keys that play the demo's scripted conversation.
     """
     return KvtuiApp(
         settings,
@@ -146,12 +156,20 @@ def make_app(
         config_path=config_path,
         on_exit=on_exit,
         automatic=automatic,
+        demo_slots=demo_slots,
     )
 
 
-def run_dashboard(settings: Settings, *, config_path: Path | None = None) -> int:
+def run_dashboard(
+    settings: Settings, *, config_path: Path | None = None, demo_slots: int | None = None
+) -> int:
     """Run the dashboard in the terminal until the user quits; returns the exit code."""
-    app = make_app(settings, config_path=config_path, automatic=settings.proxy_enabled)
+    app = make_app(
+        settings,
+        config_path=config_path,
+        automatic=settings.proxy_enabled or demo_slots is not None,
+        demo_slots=demo_slots,
+    )
     lock = StateLock(settings.state_dir)
     if not lock.acquire("dashboard"):
         app.service.events.warning(
