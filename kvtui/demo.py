@@ -198,11 +198,14 @@ def run_demo(settings: Settings, n_slots: int = DEFAULT_SLOTS, *, keep: bool = F
             wrote_pointer = True
         except OSError as err:
             print(f"kvtui demo: could not write {pointer_file}: {err}", file=sys.stderr)
-        print(
-            f"kvtui demo: llama-server at {server.url}, proxy at {proxy_url}. Headless "
-            f"commands beside the demo: kvtui slots --server {server.url}"
+        how = (
+            f"Headless commands beside the demo: kvtui slots --server {server.url} "
+            "(they use the demo's state, and slot changes are refused while it runs)."
         )
-        return run_dashboard(demo, config_path=root / "config.toml", demo_slots=n_slots)
+        print(f"kvtui demo: llama-server at {server.url}, proxy at {proxy_url}. {how}")
+        return run_dashboard(
+            demo, config_path=root / "config.toml", demo_slots=n_slots, notes=[how]
+        )
     finally:
         server.stop()
         if wrote_pointer:

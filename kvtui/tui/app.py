@@ -161,17 +161,29 @@ def make_app(
 
 
 def run_dashboard(
-    settings: Settings, *, config_path: Path | None = None, demo_slots: int | None = None
+    settings: Settings,
+    *,
+    config_path: Path | None = None,
+    demo_slots: int | None = None,
+    warnings: Iterable[str] = (),
+    notes: Iterable[str] = (),
 ) -> int:
-    """Run the dashboard in the terminal until the user quits; returns the exit code."""
+    """Run the dashboard in the terminal until the user quits; returns the exit code.
+
+    ``warnings`` (e.g. unknown keys in the config file) and ``notes`` open the event log.
+    """
     app = make_app(
         settings,
         config_path=config_path,
         automatic=settings.proxy_enabled or demo_slots is not None,
         demo_slots=demo_slots,
     )
+    for warning in warnings:
+        app.service.events.warning(Kind.ERROR, warning)
+    for note in notes:
+        app.service.events.info(Kind.CONNECTION, note)
     lock = StateLock(settings.state_dir)
-    if not lock.acquire("dashboard"):
+    if not lock.acquire("demo" if demo_slots is not None else "dashboard"):
         app.service.events.warning(
             Kind.ERROR,
             f"{lock.holder()} is running with the same state directory: both keep the slot "
