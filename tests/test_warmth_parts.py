@@ -202,7 +202,7 @@ def test_the_service_layer_never_imports_textual() -> None:
 
 
 async def test_begin_routed_carries_the_routing_facts(tmp_path: Path) -> None:
-    from kvtui.outcomes import LoadOutcome, RouteDecision, SaveOutcome
+    from kvtui.service.outcomes import LoadOutcome, RouteDecision, SaveOutcome
     from kvtui.warmth.bridge import begin_routed
 
     (tmp_path / "kael.bin").write_bytes(b"x" * 5392)

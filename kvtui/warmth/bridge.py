@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from kvtui.outcomes import RouteDecision
+from kvtui.service.outcomes import RouteDecision
 from kvtui.warmth.ledger import TurnTicket, WarmthLedger
 from kvtui.warmth.model import TurnDecision
 
