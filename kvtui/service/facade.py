@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from kvtui.events import EventLog
+from kvtui.events import EventLog, Kind
 from kvtui.llama import CompletionResult, LlamaClient
 from kvtui.llama.models import Props, SlotState
 from kvtui.service.automatic import Automatic
@@ -40,6 +40,7 @@ from kvtui.settings import Settings
 from kvtui.sillytavern import SillyTavernData
 from kvtui.slots import GenType, SlotBook
 from kvtui.store import SaveStore
+from kvtui.store.errors import StoreError
 
 
 class KvService:
@@ -165,6 +166,12 @@ class KvService:
 
     # -- watching ----------------------------------------------------------------------------
 
+    def repair_saves(self) -> list[str]:
+        """After a crash: clean up the save directory once (see ``SaveStore.repair``), each
+        thing done said in the event log. Only the process that keeps the slot book calls it:
+        another's in-flight save would look like a leftover."""
+        return repair_save_dir(self._core.store, self._core.events)
+
     async def connect(self) -> Props:
         """Read the server's props and size the book to its slots."""
         props = await self._core.client.props()
@@ -274,11 +281,22 @@ class KvService:
     # -- automatic mode ----------------------------------------------------------------------
 
     async def route(
-        self, chat: str, character: str, gen_type: GenType, *, protected: Iterable[int] = ()
+        self,
+        chat: str,
+        character: str,
+        gen_type: GenType,
+        *,
+        protected: Iterable[int] = (),
+        prompt: str | None = None,
     ) -> RouteDecision:
-        """Make a slot ready for a character's generation and return it."""
+        """Make a slot ready for a character's generation and return it.
+
+        ``prompt`` (the request's ``kvtui.fingerprint.canonical_text``) keeps autoload from
+        restoring a save that holds another conversation."""
         async with self._core.lock:
-            return await self._automatic.route(chat, character, gen_type, protected=protected)
+            return await self._automatic.route(
+                chat, character, gen_type, protected=protected, prompt=prompt
+            )
 
     async def finish_generation(
         self,
@@ -317,3 +335,17 @@ class KvService:
     async def recorded_prompt(self, chat: str, character: str) -> RecordedPrompt | None:
         """The last prompt recorded for ``character`` in ``chat`` (read off the loop)."""
         return await asyncio.to_thread(self._core.recorder.last_request, chat, character)
+
+
+def repair_save_dir(store: SaveStore | None, events: EventLog | None = None) -> list[str]:
+    """``store.repair()`` with its notes logged as warnings (and returned); never raises."""
+    if store is None:
+        return []
+    try:
+        notes = store.repair()
+    except (StoreError, OSError) as err:
+        notes = [f"Could not check the save directory for leftovers: {err}"]
+    if events is not None:
+        for note in notes:
+            events.warning(Kind.SAVE, note)
+    return notes

@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from kvtui.events import Kind
+from kvtui.fingerprint import FingerprintError, PromptFingerprint
 from kvtui.llama import LlamaError, RestoreFailed
 from kvtui.service.core import ServiceCore, same_chat
 from kvtui.service.outcomes import BatchResult, Failure, LoadOutcome, ServiceError
 from kvtui.service.saves import Saves
 from kvtui.slots import Allocation, SlotBookError
-from kvtui.store import SaveEntry
+from kvtui.store import SaveEntry, SaveStore
+from kvtui.store.errors import StoreError
+from kvtui.store.names import normalize
 
 
 class Loads:
@@ -46,9 +49,13 @@ class Loads:
         """Restore a save into ``slot``, or into the slot the seed's allocation picks."""
         core = self.core
         entry = self.entry(filename)
-        await core.ensure_props()
+        props = await core.ensure_props()
+        entry = self.restorable(entry, props.n_ctx)
+        # Scenario 4.5: a save of another chat loaded while a chat is open serves that chat.
+        current = core.current_chat
+        chat = current if current is not None else entry.chat
         if slot is None:
-            allocation = self.allocate(entry.chat, entry.character, protected)
+            allocation = self.allocate(chat, entry.character, protected)
             try:
                 await self.saves.farewell(allocation, required=True)
             except ServiceError:
@@ -59,7 +66,7 @@ class Loads:
         else:
             core.check_slot(slot)
             record = core.book.record(slot)
-            if (record.chat, record.character) == (entry.chat, entry.character):
+            if (record.chat, record.character) == (chat, entry.character):
                 allocation = Allocation(slot=slot, resident=True)
             else:
                 allocation = Allocation.replacing(record)
@@ -73,12 +80,14 @@ class Loads:
             core.book.release(slot)
             core.persist()
             raise
-        core.book.assign(slot, entry.chat, entry.character)
+        core.book.assign(slot, chat, entry.character)
         core.book.mark_loaded(slot, entry.filename, result.n_restored)
         core.persist()
-        current = core.current_chat
+        self.saves.held(
+            slot, entry.filename, chat, entry.character, await self.saves.slot_mark(slot)
+        )
         other = current is not None and not same_chat(entry.chat, current)
-        note = f" (loaded from chat {entry.chat})" if other else ""
+        note = f" (from chat {entry.chat}, for the open chat {current})" if other else ""
         core.events.info(
             Kind.LOAD,
             f"Loaded {entry.character} into slot {slot}: {result.n_restored} tokens from "
@@ -86,7 +95,7 @@ class Loads:
         )
         return LoadOutcome(
             slot=slot,
-            chat=entry.chat,
+            chat=chat,
             character=entry.character,
             filename=entry.filename,
             n_restored=result.n_restored,
@@ -111,24 +120,76 @@ class Loads:
             done.append(outcome)
         return BatchResult(tuple(done), tuple(failed))
 
-    async def autoload(self, slot: int, chat: str, character: str) -> LoadOutcome | None:
-        """A character's first generation in a slot: restore its latest save for ``chat``."""
+    def restorable(self, entry: SaveEntry, n_ctx: int | None) -> SaveEntry:
+        """``entry`` checked without the server (size, header, context), or ``ServiceError``:
+        a file that fails is never sent, so the target slot keeps its cache."""
+        try:
+            return self.core.require_store().check_restorable(entry, n_ctx or None)
+        except StoreError as err:
+            raise ServiceError(str(err)) from err
+
+    def candidates(
+        self, chat: str, character: str, prompt: str | None, n_ctx: int | None
+    ) -> tuple[SaveEntry | None, list[str]]:
+        """The save to restore for a character's request, and why newer ones were passed over.
+
+        Newest first, sound files only (the store passes over damaged ones). A save whose
+        sidecar fingerprint shows it holds another conversation (its prompt is not a prefix of
+        this request's) is refused and reported; the best-matching older save wins. Saves
+        without a fingerprint (the extension's, older kvtui's) cannot be checked and are taken
+        as their names say.
+        """
+        store = self.core.require_store()
+        store.ensure_fresh()
+        chat_key, character_key = normalize(chat), normalize(character)
+        refused = [
+            f"{d.filename} is damaged ({d.problem})"
+            for d in store.damaged()
+            if (d.chat_key, d.character_key) == (chat_key, character_key)
+        ]
+        fallback: tuple[int, SaveEntry] | None = None
+        for entry in _saves_of(store, chat, character, n_ctx)[:_CANDIDATES]:
+            fp = _fingerprint_of(store, entry)
+            if fp is None or prompt is None or fp.is_prefix_of(prompt):
+                return entry, refused
+            shared = fp.common_prefix_chars(prompt)
+            refused.append(
+                f"{entry.filename} holds another conversation (it shares {shared:,} of its "
+                f"{fp.length:,} characters with this prompt)"
+            )
+            if shared * 2 >= fp.length and (fallback is None or shared > fallback[0]):
+                fallback = (shared, entry)
+        return (fallback[1] if fallback is not None else None), refused
+
+    async def autoload(
+        self, slot: int, chat: str, character: str, prompt: str | None = None
+    ) -> LoadOutcome | None:
+        """A character's first generation in a slot: restore its best save for ``chat``.
+
+        ``prompt`` is the request's canonical text (``kvtui.fingerprint.canonical_text``): with
+        it a save that holds another conversation is never restored for this one.
+        """
         core = self.core
         core.book.mark_autoload_done(slot)
         if core.store is None:
             return None
-        entry = core.store.latest(chat, character)
+        n_ctx = core.props.n_ctx if core.props is not None else None
+        entry, refused = self.candidates(chat, character, prompt, n_ctx)
+        for reason in refused:
+            core.events.warning(Kind.AUTOLOAD, f"Not restoring {character}: {reason}.")
         if entry is None:
             return None
         try:
+            entry = self.restorable(entry, n_ctx)
             result = await core.client.restore(slot, entry.filename)
-        except LlamaError as err:
+        except (LlamaError, ServiceError) as err:
             core.events.error(
                 Kind.AUTOLOAD, f"Could not restore {character} from {entry.filename}: {err}"
             )
             return None
         core.book.mark_loaded(slot, entry.filename, result.n_restored)
         core.book.mark_autoload_done(slot)
+        self.saves.held(slot, entry.filename, chat, character, await self.saves.slot_mark(slot))
         core.events.info(
             Kind.AUTOLOAD,
             f"Restored {character} into slot {slot}: {result.n_restored} tokens, saved "
@@ -142,3 +203,29 @@ class Loads:
             n_restored=result.n_restored,
             from_other_chat=False,
         )
+
+
+_CANDIDATES = 8
+"""Saves looked at per autoload (newest first): enough to skip a few mislabelled ones."""
+
+
+def _saves_of(store: SaveStore, chat: str, character: str, n_ctx: int | None) -> list[SaveEntry]:
+    """Sound saves of exactly this chat and character that fit the slot, newest first."""
+    chat_key, character_key = normalize(chat), normalize(character)
+    return [
+        e
+        for e in store.entries()
+        if e.chat_key == chat_key
+        and e.character_key == character_key
+        and not (n_ctx and e.n_tokens is not None and e.n_tokens > n_ctx)
+    ]
+
+
+def _fingerprint_of(store: SaveStore, entry: SaveEntry) -> PromptFingerprint | None:
+    meta = store.read_meta(entry.filename)
+    if meta is None or meta.fingerprint is None:
+        return None
+    try:
+        return PromptFingerprint.from_json(meta.fingerprint)
+    except FingerprintError:
+        return None
