@@ -212,6 +212,9 @@ async def test_sidecar_less_files_are_checked_by_their_header(
     store.check_restorable(entry, n_ctx=1024)
     with pytest.raises(NotRestorable, match="40 tokens, more than a slot's context of 39"):
         store.check_restorable(entry, n_ctx=39)
+    cut(save_dir / name, entry.size - 1)  # one byte short: the KV walk tells
+    with pytest.raises(NotRestorable, match="KV data ends before"):
+        store.check_restorable(name)
     cut(save_dir / name, 40)  # cut inside its token list
     with pytest.raises(NotRestorable, match="cut short"):
         store.check_restorable(name)

@@ -47,7 +47,7 @@ from kvtui.store.names import (
     normalize,
     parse_save_name,
 )
-from kvtui.store.slotfile import SlotFileError, SlotFileHeader, read_header
+from kvtui.store.slotfile import SlotFileError, SlotFileHeader, read_header, state_is_complete
 
 if TYPE_CHECKING:
     from kvtui.store.saving import SlotSaver
@@ -246,7 +246,10 @@ class SaveStore:
             return old
         meta = self._load_meta(self.directory / (name + SIDECAR_SUFFIX)) if side else None
         header = self._header(name)
-        entry = build_entry(name, st.st_size, st.st_mtime_ns, meta, header, self._known)
+        complete = None
+        if isinstance(header, SlotFileHeader) and (meta is None or meta.n_written is None):
+            complete = state_is_complete(self.directory / name, header)  # no sidecar vouches
+        entry = build_entry(name, st.st_size, st.st_mtime_ns, meta, header, self._known, complete)
         return stamp, entry
 
     def rescan(self) -> bool:
