@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kvtui.embedded.server import EmbeddedServer
+from kvtui.fingerprint import PromptFingerprint
 from kvtui.llama import LlamaClient, SaveFileMissing
 from kvtui.store import (
     NotRestorable,
@@ -276,3 +277,29 @@ async def test_repair_cleans_leftovers_adopts_and_reports_once(
     assert entry.verified and entry.chat == "Лесная поляна"
     store.repair()
     assert store.repair() == []  # each thing is reported once
+
+
+async def test_autoload_picks_the_newest_sound_matching_save_and_says_what_it_passed_over(
+    client: LlamaClient, save_dir: Path
+) -> None:
+    store = SaveStore(save_dir)
+    story = "Mira: the forest is quiet tonight. " * 40
+    await fill(client, 0, 40)
+    older = store.new_filename("c", "Mira", when=T0)
+    meta = SaveMeta(chat="c", character="Mira", fingerprint=PromptFingerprint.of(story))
+    await store.save_verified(client, 0, older, meta)
+    other = store.new_filename("c", "Mira", when=T0 + timedelta(minutes=1))
+    alien = PromptFingerprint.of("Kael: a different conversation entirely. " * 40)
+    await store.save_verified(client, 0, other, meta.model_copy(update={"fingerprint": alien}))
+    broken = await save(store, client, 0, "c", "Mira", T0 + timedelta(minutes=2))
+    cut(save_dir / broken, 100)
+
+    entry, notes = store.pick_restorable("c", "Mira", n_ctx=1024, prompt_text=story + " more")
+    assert entry is not None and entry.filename == older
+    assert len(notes) == 2 and broken in notes[0] and "cut short" in notes[0]
+    assert other in notes[1] and "different conversation" in notes[1]
+    entry, notes = store.pick_restorable("c", "Mira", n_ctx=1024)
+    assert entry is not None and entry.filename == other and len(notes) == 1
+    entry, notes = store.pick_restorable("c", "Mira", n_ctx=10)
+    assert entry is None and len(notes) == 3
+    assert all("more than a slot's context of 10" in n for n in notes[1:])

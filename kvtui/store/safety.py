@@ -103,3 +103,42 @@ def rotate(
             store.delete(entry.filename)
             deleted.append(entry.filename)
     return deleted
+
+
+def pick_restorable(
+    store: SaveStore,
+    chat: str,
+    character: str,
+    n_ctx: int | None = None,
+    *,
+    prompt_text: str | None = None,
+    min_shared: float = 0.5,
+) -> tuple[SaveEntry | None, list[str]]:
+    """The newest save of (chat, character) that passes ``check_restorable``, and one note per
+    newer file passed over (damaged, too big for the slot, or — with ``prompt_text`` — holding
+    a prompt that shares less than ``min_shared`` of its fingerprint with this one).
+
+    Autoload's choice: an older good save wins over a broken newest one, and the user is told.
+    """
+    store.ensure_fresh()
+    chat_key, character_key = normalize(chat), normalize(character)
+    notes: list[str] = []
+    for entry in store.entries(include_damaged=True):
+        if entry.chat_key != chat_key or entry.character_key != character_key:
+            continue
+        try:
+            fresh = check_restorable(store, entry, n_ctx)
+        except NotRestorable as err:
+            notes.append(f"Passed over {entry.filename}: {err.args[0].split('. Nothing')[0]}.")
+            continue
+        fp = fresh.meta.prompt_fingerprint() if fresh.meta is not None else None
+        if prompt_text is not None and fp is not None and fp.length:
+            shared = fp.common_prefix_chars(prompt_text)
+            if shared < min_shared * fp.length:
+                notes.append(
+                    f"Passed over {entry.filename}: it holds a different conversation (its "
+                    f"prompt shares {shared:,} of {fp.length:,} characters with this one)."
+                )
+                continue
+        return fresh, notes
+    return None, notes

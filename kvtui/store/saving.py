@@ -21,6 +21,7 @@ import stat
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
+from kvtui.fingerprint import PromptFingerprint
 from kvtui.store.entries import SaveEntry, SaveMeta, is_valid_save
 from kvtui.store.errors import SaveIncomplete, SaveRefused, SaveWriteFailed
 from kvtui.store.extension import could_be_extension_name
@@ -144,7 +145,16 @@ async def save_verified(
             raise SaveIncomplete(f"Save of slot {slot} discarded: {problem}.")
         with contextlib.suppress(OSError):  # the server may run as another user
             os.chmod(tmp_path, 0o600)
-        full = meta.model_copy(update={"n_saved": result.n_saved, "n_written": result.n_written})
+        fingerprint: object = meta.fingerprint
+        if isinstance(fingerprint, PromptFingerprint):  # model_copy(update=...) skips validation
+            fingerprint = fingerprint.to_json()
+        full = meta.model_copy(
+            update={
+                "n_saved": result.n_saved,
+                "n_written": result.n_written,
+                "fingerprint": fingerprint,
+            }
+        )
         store.write_meta(final_name, full)  # SaveWriteFailed when the disk is full
         sidecar_written = True
         try:

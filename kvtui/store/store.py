@@ -367,6 +367,23 @@ class SaveStore:
 
         return check_restorable(self, entry, n_ctx)
 
+    def pick_restorable(
+        self,
+        chat: str,
+        character: str,
+        n_ctx: int | None = None,
+        *,
+        prompt_text: str | None = None,
+        min_shared: float = 0.5,
+    ) -> tuple[SaveEntry | None, list[str]]:
+        """Autoload's choice: the newest save that passes every check, and a note per newer
+        file passed over (see ``kvtui.store.safety.pick_restorable``)."""
+        from kvtui.store.safety import pick_restorable
+
+        return pick_restorable(
+            self, chat, character, n_ctx, prompt_text=prompt_text, min_shared=min_shared
+        )
+
     # -- saving and repair (kvtui.store.saving) ----------------------------------------------
 
     async def save_verified(
