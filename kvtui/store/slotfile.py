@@ -26,6 +26,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 SEQ_MAGIC = 0x67677371
 KNOWN_VERSIONS = frozenset({1, 2, 3, 4})
@@ -102,14 +103,18 @@ _SANE_SEQS = 256
 class _Reader:
     """Bounded little-endian reads from an open file; ``None`` past the end."""
 
-    def __init__(self, fd: int, size: int, offset: int) -> None:
-        self.fd, self.size, self.pos = fd, size, offset
+    def __init__(self, fh: BinaryIO, size: int, offset: int) -> None:
+        self.fh, self.size, self.pos = fh, size, offset
+
+    def read(self, n: int) -> bytes:
+        self.fh.seek(self.pos)
+        return self.fh.read(n)
 
     def take(self, fmt: str) -> tuple[int, ...] | None:
         n = struct.calcsize(fmt)
         if self.pos + n > self.size:
             return None
-        data = os.pread(self.fd, n, self.pos)
+        data = self.read(n)
         if len(data) < n:
             return None
         self.pos += n
@@ -136,6 +141,19 @@ def _need(value: tuple[int, ...] | None) -> tuple[int, ...]:
     return value
 
 
+def _skip_single_seq_cells(r: _Reader, cells: int) -> bool:
+    """Skip ``cells`` cells in one read when each belongs to one sequence (a slot save's
+    cells always do); False, with nothing consumed, when they do not or the file ends."""
+    size = 12 * cells
+    if r.pos + size > r.size:
+        return False
+    block = r.read(size)
+    if len(block) < size or any(n != 1 for _p, n, _s in struct.iter_unpack("<iIi", block)):
+        return False
+    r.pos += size
+    return True
+
+
 def _walk_stream(r: _Reader, n_tokens: int) -> None:
     """One stream of the embedded server's layout (see ``state_is_complete``)."""
     (cells,) = _need(r.take("<I"))
@@ -143,12 +161,13 @@ def _walk_stream(r: _Reader, n_tokens: int) -> None:
         raise _Implausible
     if not cells:
         return
-    for _ in range(cells):
-        _pos, n_seq = _need(r.take("<iI"))
-        if not 0 < n_seq <= _SANE_SEQS:
-            raise _Implausible
-        if not r.skip(4 * n_seq):
-            raise _Short
+    if not _skip_single_seq_cells(r, cells):
+        for _ in range(cells):
+            _pos, n_seq = _need(r.take("<iI"))
+            if not 0 < n_seq <= _SANE_SEQS:
+                raise _Implausible
+            if not r.skip(4 * n_seq):
+                raise _Short
     v_trans, n_layer = _need(r.take("<II"))
     if v_trans not in (0, 1) or not 0 < n_layer <= _SANE_LAYERS:
         raise _Implausible
@@ -188,22 +207,21 @@ def state_is_complete(path: Path, header: SlotFileHeader) -> bool | None:
         return None
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(path, flags)
+        fh = os.fdopen(os.open(path, flags), "rb")
     except OSError:
         return None
-    try:
-        reader = _Reader(fd, os.fstat(fd).st_size, header.min_size)
-        (streams,) = _need(reader.take("<I"))
-        if not 0 < streams <= _SANE_STREAMS:
+    with fh:
+        try:
+            reader = _Reader(fh, os.fstat(fh.fileno()).st_size, header.min_size)
+            (streams,) = _need(reader.take("<I"))
+            if not 0 < streams <= _SANE_STREAMS:
+                return None
+            for _ in range(streams):
+                _walk_stream(reader, header.n_tokens)
+        except _Implausible:
             return None
-        for _ in range(streams):
-            _walk_stream(reader, header.n_tokens)
-    except _Implausible:
-        return None
-    except _Short:
-        return False
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+        except _Short:
+            return False
+        except OSError:
+            return None
     return True if reader.pos == reader.size else None
