@@ -289,8 +289,10 @@ async def test_a_full_disk_fails_the_save_and_loses_nothing(
         try:
             await client.completion(tokens(4000, 60), n_predict=1, id_slot=0)  # about 2 MB
             name = store.new_filename("chat", "Ann", when=T0 + timedelta(hours=1))
-            with pytest.raises((LlamaError, StoreError)):
+            with pytest.raises((LlamaError, StoreError)) as caught:
                 await store.save_verified(client, 0, name, SaveMeta(chat="chat", character="Ann"))
+            message = str(caught.value)
+            assert "\n" not in message and ("disk" in message or "space" in message), message
             assert store.rotate("chat", "Ann", keep=3) == []
         finally:
             filler.unlink()
