@@ -303,3 +303,16 @@ async def test_autoload_picks_the_newest_sound_matching_save_and_says_what_it_pa
     entry, notes = store.pick_restorable("c", "Mira", n_ctx=10)
     assert entry is None and len(notes) == 3
     assert all("more than a slot's context of 10" in n for n in notes[1:])
+
+
+async def test_an_unchanged_cache_is_not_saved_twice(client: LlamaClient, save_dir: Path) -> None:
+    store = SaveStore(save_dir)
+    await fill(client, 0, 45)
+    first = await save(store, client, 0, "c", "Ida", T0)
+    again = store.new_filename("c", "Ida", when=T0 + timedelta(minutes=1))
+    meta = SaveMeta(chat="c", character="Ida")
+    entry = await store.save_verified(client, 0, again, meta, unless_same_as=first)
+    assert entry.filename == first and listing(save_dir) == [first, first + ".json"]
+    await fill(client, 0, 60)  # the cache moved on: a real new save
+    entry = await store.save_verified(client, 0, again, meta, unless_same_as=first)
+    assert entry.filename == again and entry.n_saved == 60

@@ -108,6 +108,28 @@ def _verify(store: SaveStore, tmp: str, result: SaveResult, min_tokens: int, min
     return ""
 
 
+def _same_save(store: SaveStore, tmp: str, previous: str) -> SaveEntry | None:
+    """The entry of ``previous`` when it is sound and byte-identical to the new file ``tmp``."""
+    entry = store.get(previous)
+    if entry is None or entry.problem is not None:
+        return None
+    try:
+        if os.path.getsize(store.directory / tmp) != entry.size:
+            return None
+        with (
+            open(store.directory / tmp, "rb") as new,
+            open(store.directory / previous, "rb") as old,
+        ):
+            while True:
+                a, b = new.read(1 << 20), old.read(1 << 20)
+                if a != b:
+                    return None
+                if not a:
+                    return entry
+    except OSError:
+        return None
+
+
 async def save_verified(
     store: SaveStore,
     client: SlotSaver,
@@ -117,8 +139,13 @@ async def save_verified(
     *,
     min_tokens: int = 1,
     min_bytes: int = 0,
+    unless_same_as: str | None = None,
 ) -> SaveEntry:
     """Save ``slot`` as ``final_name`` (e.g. from ``store.new_filename``); returns its entry.
+
+    With ``unless_same_as`` (the character's last save), a save byte-identical to that sound
+    file is not written again: the new file is dropped and that file's entry returned (the
+    caller sees ``entry.filename != final_name``).
 
     ``meta`` is the sidecar; its ``n_saved``/``n_written`` are filled in from the server's
     answer. Raises ``SaveRefused`` when ``final_name`` already exists (tagged saves are never
@@ -143,6 +170,10 @@ async def save_verified(
         problem = _verify(store, tmp, result, min_tokens, min_bytes)
         if problem:
             raise SaveIncomplete(f"Save of slot {slot} discarded: {problem}.")
+        if unless_same_as is not None and (same := _same_save(store, tmp, unless_same_as)):
+            with store._lock:
+                store._recent[(same.chat_key, same.character_key)] = same.filename
+            return same
         with contextlib.suppress(OSError):  # the server may run as another user
             os.chmod(tmp_path, 0o600)
         fingerprint: object = meta.fingerprint

@@ -395,13 +395,21 @@ class SaveStore:
         *,
         min_tokens: int = 1,
         min_bytes: int = 0,
+        unless_same_as: str | None = None,
     ) -> SaveEntry:
         """Save ``slot`` under ``final_name`` only once complete and verified (see
         ``kvtui.store.saving.save_verified``)."""
         from kvtui.store.saving import save_verified
 
         return await save_verified(
-            self, client, slot, final_name, meta, min_tokens=min_tokens, min_bytes=min_bytes
+            self,
+            client,
+            slot,
+            final_name,
+            meta,
+            min_tokens=min_tokens,
+            min_bytes=min_bytes,
+            unless_same_as=unless_same_as,
         )
 
     def repair(self) -> list[str]:
