@@ -28,6 +28,7 @@ from kvtui.store import (
     SaveWriteFailed,
     private_name,
 )
+from kvtui.store.saving import meta_from_name
 from kvtui.store.slotfile import read_header
 
 pytestmark = pytest.mark.server
@@ -316,3 +317,20 @@ async def test_an_unchanged_cache_is_not_saved_twice(client: LlamaClient, save_d
     await fill(client, 0, 60)  # the cache moved on: a real new save
     entry = await store.save_verified(client, 0, again, meta, unless_same_as=first)
     assert entry.filename == again and entry.n_saved == 60
+
+
+@pytest.mark.parametrize(
+    "name", ["persist.bin", "Forest_Party~abcd2345_20260503120000_character_Mira.bin"]
+)
+async def test_a_client_named_save_is_verified_and_never_overwritten(
+    client: LlamaClient, save_dir: Path, name: str
+) -> None:
+    store = SaveStore(save_dir)
+    await fill(client, 0, 33)
+    entry = await store.save_verified(client, 0, name, meta_from_name(name))
+    assert entry.verified and entry.n_saved == 33 and listing(save_dir) == [name, name + ".json"]
+    with pytest.raises(SaveRefused):
+        await store.save_verified(client, 1, name, meta_from_name(name))
+    cut(save_dir / name, entry.size - 10)
+    with pytest.raises(NotRestorable, match="cut short"):
+        store.check_restorable(name)

@@ -202,7 +202,10 @@ def build_entry(
     """The entry for one ``.bin`` file (see the module docstring)."""
     parsed = parse_save_name(name)
     if parsed is not None and not parsed.legacy and meta is not None:
-        if normalize(meta.chat) != parsed.chat or normalize(meta.character) != parsed.character:
+        if not (
+            parsed.chat in (meta.chat, normalize(meta.chat))
+            and parsed.character in (meta.character, normalize(meta.character))
+        ):
             meta = None  # a sidecar that belongs to some other save
     n_tokens = header.n_tokens if isinstance(header, SlotFileHeader) else None
     common: dict[str, Any] = {

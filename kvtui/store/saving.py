@@ -215,6 +215,20 @@ async def save_verified(
     return entry
 
 
+def meta_from_name(filename: str) -> SaveMeta:
+    """A sidecar for a save whose name is all kvtui knows (a client's ``action=save`` through
+    the proxy): the names read back from the file name where it has them."""
+    parsed = parse_save_name(filename)
+    if parsed is None or parsed.legacy:
+        return SaveMeta(chat="", character=filename[: -len(BIN_SUFFIX)])
+    tag = None if parsed.tag is None else (_raw_component(parsed.tag) or parsed.tag)
+    return SaveMeta(
+        chat=_raw_component(parsed.chat) or parsed.chat,
+        character=_raw_component(parsed.character) or parsed.character,
+        tag=tag,
+    )
+
+
 # -- repair --------------------------------------------------------------------------------
 
 
