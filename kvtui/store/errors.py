@@ -6,8 +6,10 @@ catch one class (and a project-wide root error is a one-line change here).
 
 from __future__ import annotations
 
+from kvtui.errors import KvtuiError
 
-class StoreError(Exception):
+
+class StoreError(KvtuiError):
     """Any problem with the save directory or one of its files (``str(err)`` is for users)."""
 
 
