@@ -235,14 +235,16 @@ async def test_a_failed_restore_is_logged_and_the_request_goes_through(
         assert slot is not None
         saved = await service.save_slot(slot)
         await service.erase(slot)
-        # The save file is damaged on disk: llama-server refuses to restore it.
+        # The save file is damaged on disk: kvtui never sends it (a failed restore wipes the slot).
         assert clean_server.save_dir is not None
         (clean_server.save_dir / saved.filename).write_bytes(b"\0" * 4096)
         chat.user_says("Kael, are you there?")
         result = await chat.speak("Kael")
         assert result["id_slot"] == service.book.find(GROUP_CHAT, "Kael")
         assert result["timings"]["cache_n"] == 0
-        assert any("Could not restore Kael" in m for m in events(service, Kind.AUTOLOAD))
+        assert not any("Could not restore Kael" in m for m in events(service, Kind.AUTOLOAD))
+        assert service.store is not None
+        assert [e.filename for e in service.store.damaged()] == [saved.filename]
 
 
 async def test_prompts_are_recorded_and_a_swipe_after_a_kvtui_restart_is_still_a_swipe(
