@@ -246,6 +246,8 @@ async def test_a_failed_restore_is_logged_and_the_request_goes_through(
             ("Not restoring Kael" in m or "Could not restore Kael" in m) and saved.filename in m
             for m in events(service, Kind.AUTOLOAD)
         )
+        assert service.store is not None
+        assert [e.filename for e in service.store.damaged()] == [saved.filename]
 
 
 async def test_prompts_are_recorded_and_a_swipe_after_a_kvtui_restart_is_still_a_swipe(

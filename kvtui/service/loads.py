@@ -10,15 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from kvtui.events import Kind
-from kvtui.fingerprint import FingerprintError, PromptFingerprint
 from kvtui.llama import LlamaError, RestoreFailed
 from kvtui.service.core import ServiceCore, same_chat
 from kvtui.service.outcomes import BatchResult, Failure, LoadOutcome, ServiceError
 from kvtui.service.saves import Saves
 from kvtui.slots import Allocation, SlotBookError
-from kvtui.store import SaveEntry, SaveStore
+from kvtui.store import SaveEntry
 from kvtui.store.errors import StoreError
-from kvtui.store.names import normalize
 
 
 class Loads:
@@ -128,39 +126,6 @@ class Loads:
         except StoreError as err:
             raise ServiceError(str(err)) from err
 
-    def candidates(
-        self, chat: str, character: str, prompt: str | None, n_ctx: int | None
-    ) -> tuple[SaveEntry | None, list[str]]:
-        """The save to restore for a character's request, and why newer ones were passed over.
-
-        Newest first, sound files only (the store passes over damaged ones). A save whose
-        sidecar fingerprint shows it holds another conversation (its prompt is not a prefix of
-        this request's) is refused and reported; the best-matching older save wins. Saves
-        without a fingerprint (the extension's, older kvtui's) cannot be checked and are taken
-        as their names say.
-        """
-        store = self.core.require_store()
-        store.ensure_fresh()
-        chat_key, character_key = normalize(chat), normalize(character)
-        refused = [
-            f"{d.filename} is damaged ({d.problem})"
-            for d in store.damaged()
-            if (d.chat_key, d.character_key) == (chat_key, character_key)
-        ]
-        fallback: tuple[int, SaveEntry] | None = None
-        for entry in _saves_of(store, chat, character, n_ctx)[:_CANDIDATES]:
-            fp = _fingerprint_of(store, entry)
-            if fp is None or prompt is None or fp.is_prefix_of(prompt):
-                return entry, refused
-            shared = fp.common_prefix_chars(prompt)
-            refused.append(
-                f"{entry.filename} holds another conversation (it shares {shared:,} of its "
-                f"{fp.length:,} characters with this prompt)"
-            )
-            if shared * 2 >= fp.length and (fallback is None or shared > fallback[0]):
-                fallback = (shared, entry)
-        return (fallback[1] if fallback is not None else None), refused
-
     async def autoload(
         self, slot: int, chat: str, character: str, prompt: str | None = None
     ) -> LoadOutcome | None:
@@ -174,9 +139,9 @@ class Loads:
         if core.store is None:
             return None
         n_ctx = core.props.n_ctx if core.props is not None else None
-        entry, refused = self.candidates(chat, character, prompt, n_ctx)
-        for reason in refused:
-            core.events.warning(Kind.AUTOLOAD, f"Not restoring {character}: {reason}.")
+        entry, notes = core.store.pick_restorable(chat, character, n_ctx, prompt_text=prompt)
+        for note in notes:
+            core.events.warning(Kind.AUTOLOAD, f"Not restoring {character}: {note}")
         if entry is None:
             return None
         try:
@@ -203,29 +168,3 @@ class Loads:
             n_restored=result.n_restored,
             from_other_chat=False,
         )
-
-
-_CANDIDATES = 8
-"""Saves looked at per autoload (newest first): enough to skip a few mislabelled ones."""
-
-
-def _saves_of(store: SaveStore, chat: str, character: str, n_ctx: int | None) -> list[SaveEntry]:
-    """Sound saves of exactly this chat and character that fit the slot, newest first."""
-    chat_key, character_key = normalize(chat), normalize(character)
-    return [
-        e
-        for e in store.entries()
-        if e.chat_key == chat_key
-        and e.character_key == character_key
-        and not (n_ctx and e.n_tokens is not None and e.n_tokens > n_ctx)
-    ]
-
-
-def _fingerprint_of(store: SaveStore, entry: SaveEntry) -> PromptFingerprint | None:
-    meta = store.read_meta(entry.filename)
-    if meta is None or meta.fingerprint is None:
-        return None
-    try:
-        return PromptFingerprint.from_json(meta.fingerprint)
-    except FingerprintError:
-        return None
