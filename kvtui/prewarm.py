@@ -234,7 +234,6 @@ async def _wait_idle(service: KvService, slot: int | None, limit: float = 30.0) 
     llama-server notices a closed connection between batches, so a long prompt stops within
     one batch's time; a server that cannot be asked is not waited for.
     """
-    print("DBGW start", slot, time.monotonic())
     if slot is None:
         return
     deadline = time.monotonic() + limit
@@ -246,7 +245,6 @@ async def _wait_idle(service: KvService, slot: int | None, limit: float = 30.0) 
             if time.monotonic() - asked < 1.0:
                 return  # refused at once: the server is gone
             continue  # too busy to answer in time (a long prompt's batch): still working
-        print("DBGW", slot, time.monotonic(), [(x.id, x.is_processing) for x in states])
         if not any(s.id == slot and s.is_processing for s in states):
             return
         await asyncio.sleep(0.05)
