@@ -9,6 +9,7 @@ is the one implementation of the seed's rule "save a used character before repla
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from kvtui.events import Kind
@@ -79,7 +80,10 @@ class Saves:
                 reason = f"{result.n_saved} tokens / {result.n_written} bytes is below the minimum"
             raise ServiceError(f"Save of slot {slot} discarded: {reason}.")
         now = datetime.now(UTC)
-        store.write_meta(
+        # The sidecar's fsync and the rotation's directory scan run in a worker thread (the
+        # store is thread-safe), so the proxy's streams on this loop do not stall behind them.
+        await asyncio.to_thread(
+            store.write_meta,
             filename,
             SaveMeta(
                 chat=chat,
@@ -101,7 +105,9 @@ class Saves:
             core.book.set_tokens(slot, result.n_saved)
         rotated: list[str] = []
         if tag is None:
-            rotated = store.rotate(chat, character, keep=settings.max_autosaves)
+            rotated = await asyncio.to_thread(
+                store.rotate, chat, character, keep=settings.max_autosaves
+            )
         core.persist()
         what = f"tag '{tag}'" if tag else ("autosave" if autosave else "save")
         core.events.info(
