@@ -431,12 +431,18 @@ async def test_api_key_is_forwarded_or_replaced(tmp_path: Path) -> None:
             assert (await h.client.get("/slots")).status_code == 401
             auth = {"Authorization": "Bearer sekrit"}
             assert (await h.client.get("/slots", headers=auth)).status_code == 200
-        # With settings.api_key, kvtui supplies it (and replaces a wrong one).
+        # With settings.api_key, clients must present it: anonymous ones are not upgraded.
         keyed = base.model_copy(update={"api_key": "sekrit"})
         async with running_proxy(keyed) as h:
-            assert (await h.client.get("/slots")).status_code == 200
+            refused = await h.client.get("/slots")
+            assert refused.status_code == 401 and "API key" in refused.json()["error"]["message"]
             wrong = {"Authorization": "Bearer nope"}
-            assert (await h.client.get("/slots", headers=wrong)).status_code == 200
+            assert (await h.client.get("/slots", headers=wrong)).status_code == 401
+            assert (await h.client.get("/slots", headers=auth)).status_code == 200
+            assert (
+                await h.client.get("/slots", headers={"X-Api-Key": "sekrit"})
+            ).status_code == 200
+            assert (await h.client.get("/health")).status_code == 200
     finally:
         await asyncio.to_thread(server.stop)
 

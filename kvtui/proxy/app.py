@@ -20,9 +20,19 @@ from kvtui.proxy.asgi import (
     Send,
     lifespan,
     query_value,
-    read_body,
     request_target,
     send_error,
+)
+from kvtui.proxy.guard import (
+    Refusal,
+    check_api_key,
+    check_host,
+    check_origin,
+    cors_headers,
+    parse_json_object,
+    parse_slot_path,
+    read_body,
+    strip_cors,
 )
 from kvtui.proxy.headers import header_map, upstream_headers
 from kvtui.proxy.observer import ReplyObserver
@@ -87,65 +97,109 @@ class ProxyApp:
         )
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await read_body(receive)
+        settings = self.service.settings
+        headers = header_map(list(scope["headers"]))
+        method, path = str(scope["method"]), str(scope["path"])
+        origin = headers.get("origin")
+        refusal = (
+            check_host(headers.get("host"), settings.listen_host, settings.allowed_hosts)
+            or check_origin(origin, settings.allowed_origins)
+            or check_api_key(path, headers, settings.api_key)
+        )
+        if refusal is not None:
+            await _refuse(send, refusal)
+            return
+        cors = cors_headers(origin, settings.allowed_origins)
+        if cors:
+            if method == "OPTIONS":
+                await _preflight(send, cors, headers)
+                return
+            send = _with_cors(send, cors)
+        limit = int(settings.max_body_mb * 1024 * 1024)
+        body = await read_body(receive, limit, headers.get("content-length"))
         if body is None:
             return
-        method, path = str(scope["method"]), str(scope["path"])
+        if isinstance(body, Refusal):
+            await _refuse(send, body)
+            return
         if method == "POST" and path.startswith("/slots/"):
             await self._slot_action(scope, receive, send, body)
         elif method == "POST" and path in GENERATION_PATHS:
-            await self._generation(scope, receive, send, body)
+            await self._generation(scope, receive, send, body, headers)
         else:
             await self.relay.forward(self._upstream(scope, body), receive, send)
 
     async def _slot_action(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
         """A client's own save/restore/erase: checked like kvtui's, and the book told."""
         action = query_value(scope, "action")
-        try:
-            slot: int | None = int(str(scope["path"]).removeprefix("/slots/").strip("/"))
-        except ValueError:
-            slot = None  # llama-server answers "Invalid slot ID" itself
-        if slot is not None:
-            filename: object = None
-            if action == "restore":
-                try:
-                    filename = json.loads(body).get("filename")
-                except (ValueError, AttributeError):
-                    filename = None
-            problem = await self.service.client_slot_action(
-                slot, action, filename if isinstance(filename, str) else None
-            )
-            if problem is not None:
-                message = f"kvtui proxy: refused {action or 'slot action'}: {problem}."
-                await send_error(send, 400, message, "invalid_request_error")
-                return
+        raw = scope.get("raw_path")
+        raw_path = raw.decode("latin-1").split("?", 1)[0] if isinstance(raw, bytes) else ""
+        slot = parse_slot_path(raw_path or str(scope["path"]), str(scope["path"]))
+        if isinstance(slot, Refusal):
+            await _refuse(send, slot)
+            return
+        filename: object = None
+        if action in ("save", "restore"):
+            try:
+                filename = json.loads(body).get("filename")
+            except (ValueError, AttributeError, RecursionError):
+                filename = None
+        problem = await self.service.client_slot_action(
+            slot, action, filename if isinstance(filename, str) else None
+        )
+        if problem is not None:
+            message = f"kvtui proxy: refused {action or 'slot action'}: {problem}."
+            await send_error(send, 400, message, "invalid_request_error")
+            return
         await self.relay.forward(self._upstream(scope, body), receive, send)
 
-    async def _generation(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
-        path = str(scope["path"])
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, ValueError) as err:
-            message = (
-                f"kvtui proxy: the body of POST {path} is not valid JSON ({err}). "
-                'Send a JSON object, e.g. {"prompt": "Hello", "n_predict": 16}.'
-            )
-            await send_error(send, 400, message, "invalid_request_error")
+    async def _generation(
+        self, scope: Scope, receive: Receive, send: Send, body: bytes, headers: dict[str, str]
+    ) -> None:
+        data = parse_json_object(body, str(scope["path"]))
+        if isinstance(data, Refusal):
+            await _refuse(send, data)
             return
-        if not isinstance(data, dict):
-            message = (
-                f"kvtui proxy: the body of POST {path} must be a JSON object, "
-                f"not {type(data).__name__}."
-            )
-            await send_error(send, 400, message, "invalid_request_error")
-            return
-        routed, forwarded = await self.router.route(header_map(list(scope["headers"])), data)
+        routed, forwarded = await self.router.route(headers, data)
         payload = json.dumps(forwarded, ensure_ascii=False).encode()
 
         async def forward(observer: ReplyObserver) -> RelayOutcome:
             return await self.relay.forward(self._upstream(scope, payload), receive, send, observer)
 
         await self.router.serve(routed, forward)
+
+
+async def _refuse(send: Send, refusal: Refusal) -> None:
+    await send_error(send, refusal.status, refusal.message, refusal.kind)
+
+
+async def _preflight(send: Send, cors: list[tuple[bytes, bytes]], headers: dict[str, str]) -> None:
+    """Answer an allowed page's CORS preflight here (llama-server would allow any page)."""
+    asked = headers.get("access-control-request-headers", "content-type")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 204,
+            "headers": [
+                *cors,
+                (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                (b"access-control-allow-headers", asked.encode("latin-1", "replace")),
+                (b"access-control-max-age", b"600"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _with_cors(send: Send, cors: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` with llama-server's CORS headers replaced by kvtui's for an allowed page."""
+
+    async def send_with_cors(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*strip_cors(message.get("headers", [])), *cors]}
+        await send(message)
+
+    return send_with_cors
 
 
 def make_proxy_app(service: KvService) -> ProxyApp:

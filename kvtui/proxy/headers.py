@@ -50,9 +50,16 @@ def upstream_headers(raw: RawHeaders, api_key: str | None) -> RawHeaders:
 
 
 def response_headers(raw: RawHeaders) -> RawHeaders:
-    """llama-server's answer headers minus hop-by-hop ones (uvicorn frames the body itself)."""
+    """llama-server's answer headers minus hop-by-hop ones (uvicorn frames the body itself)
+    and minus its permissive CORS headers: kvtui decides which pages may read an answer."""
     listed = _connection_listed(raw)
-    return [(n, v) for n, v in raw if n.lower() not in HOP_BY_HOP and n.lower() not in listed]
+    return [
+        (n, v)
+        for n, v in raw
+        if n.lower() not in HOP_BY_HOP
+        and n.lower() not in listed
+        and not n.lower().startswith(b"access-control-")
+    ]
 
 
 def header_map(raw: RawHeaders) -> dict[str, str]:

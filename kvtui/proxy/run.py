@@ -24,6 +24,7 @@ import uvicorn
 from kvtui.errors import KvtuiError
 from kvtui.events import Event, Kind, Level
 from kvtui.proxy.app import ProxyApp, make_proxy_app
+from kvtui.proxy.guard import exposure
 from kvtui.service import KvService
 from kvtui.settings import Settings
 
@@ -105,6 +106,12 @@ class ProxyServer:
         """Start listening; returns once the proxy accepts connections."""
         if self.running:
             return
+        settings = self.service.settings
+        warning, refuse = exposure(self.host, settings.api_key, settings.allow_insecure_listen)
+        if refuse and warning is not None:
+            raise ProxyStartError(warning)
+        if warning is not None:
+            self.service.events.warning(Kind.CONNECTION, warning)
         sock = bind_socket(self.host, self.port)
         self.port = int(sock.getsockname()[1])
         self._server = HostedServer(server_config(self.app, self.host, self.port))

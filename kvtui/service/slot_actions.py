@@ -9,10 +9,13 @@ after a client's restore or erase the book no longer claims to know who is in th
 
 from __future__ import annotations
 
+import os
+
 from kvtui.events import Kind
 from kvtui.service.core import ServiceCore
 from kvtui.service.saves import Saves
 from kvtui.slots import Allocation
+from kvtui.store.names import PRIVATE_PREFIX, InvalidSaveName, check_filename, is_private_name
 
 
 class SlotActions:
@@ -66,9 +69,27 @@ class SlotActions:
         problem = core.slot_problem(slot)
         if problem is not None:
             return problem
-        if action == "restore" and core.store is not None and filename is not None:
-            if not core.store.exists(filename):
-                return f"no save file named {filename!r} (a failed restore wipes the slot)"
+        if action not in ("save", "restore"):
+            return None
+        if filename is None:
+            return 'the body needs a "filename": a plain file name in the save directory'
+        try:
+            check_filename(filename)
+        except InvalidSaveName as err:
+            return f"{err} Give a plain file name inside the save directory"
+        if is_private_name(filename):
+            return f"names starting with {PRIVATE_PREFIX!r} are kvtui's own files"
+        store = core.store
+        if store is None:
+            return None
+        taken = os.path.lexists(store.directory / filename)
+        if action == "save" and taken:
+            return (
+                f"a file named {filename!r} already exists in the save directory, and a save "
+                "never overwrites one; save under a new name"
+            )
+        if action == "restore" and not store.exists(filename):
+            return f"no save file named {filename!r} (a failed restore wipes the slot)"
         return None
 
     def release_for_client(self, slot: int, action: str) -> None:
