@@ -19,7 +19,7 @@ from kvtui.settings import ConfigError, Settings, load_settings
 from kvtui.sillytavern import SillyTavernError
 from kvtui.sillytavern.cards import CardError
 from kvtui.sillytavern.png import PngError
-from kvtui.slots import GenType, SlotBookError
+from kvtui.slots import GenType, SlotBook, SlotBookError
 from kvtui.statelock import StateLock
 from kvtui.store.names import InvalidSaveName
 
@@ -192,3 +192,39 @@ def test_the_state_lock_is_private_and_names_its_holder(tmp_path: Path) -> None:
     again = StateLock(state)
     assert again.acquire("proxy")
     again.release()
+
+
+async def test_writes_behind_the_loop_keep_order_newest_wins_and_report_errors(
+    tmp_path: Path,
+) -> None:
+    from kvtui.service.writes import WriteBehind
+
+    done: list[str] = []
+    errors: list[tuple[object, str]] = []
+    writes = WriteBehind(lambda key, err: errors.append((key, str(err))))
+
+    def write(name: str, text: str) -> None:
+        (tmp_path / name).write_text(text)
+        done.append(f"{name}={text}")
+
+    def refuse() -> None:
+        raise PermissionError("read-only")
+
+    writes.submit("a", lambda: write("a", "1"))
+    writes.submit("b", lambda: write("b", "1"))
+    writes.submit("bad", refuse)
+    writes.submit("a", lambda: write("a", "2"))
+    await writes.flush()
+    assert not writes.queued("a")
+    assert (tmp_path / "a").read_text() == "2" and (tmp_path / "b").read_text() == "1"
+    assert done[-1] == "a=2" and "a=1" not in done[1:]  # a=1 ran first or was replaced
+    assert errors == [("bad", "read-only")]
+
+
+async def test_the_book_is_on_disk_once_the_service_is_closed(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    settings = settings_for(clean_server, tmp_path)
+    async with KvService(settings) as service:
+        await service.assign(1, "chat", "Kael")
+    assert SlotBook.load(settings.book_path).find("chat", "Kael") == 1

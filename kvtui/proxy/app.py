@@ -57,8 +57,10 @@ class ProxyApp:
         await self.relay.aclose()
 
     async def settled(self) -> None:
-        """Wait until the bookkeeping of every reply the client has seen end is done."""
+        """Wait until the bookkeeping of every reply the client has seen end is done, its
+        disk writes (slot book, recorded prompt) included."""
         await self.router.settled()
+        await self.service.flush()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

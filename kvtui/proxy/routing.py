@@ -104,15 +104,12 @@ class GenerationRouter:
         self._turns[key] = memory
         return memory
 
-    async def route(
+    async def _identify(
         self, headers: dict[str, str], data: dict[str, Any]
-    ) -> tuple[Routed | None, dict[str, Any]]:
-        """Identify, classify and route a generation; returns what to forward. Never raises."""
-        service = self.service
-        await self.settled()
-        await self._refresh()
+    ) -> tuple[Identity, dict[str, Any], TurnMemory | None, Classification | None] | None:
+        """Who is speaking and what kind of turn it is; None (logged) when that fails."""
         try:
-            context = await service.chat_context()
+            context = await self.service.chat_context()
             users = list(context.user_names)
             identity, forwarded = infer_identity(
                 data,
@@ -130,8 +127,25 @@ class GenerationRouter:
                 declared=identity.declared_type,
             )
         except Exception as err:  # noqa: BLE001 - a request is never blocked by kvtui's part
-            service.events.error(Kind.ROUTE, f"Could not identify a request: {err!r}")
+            self.service.events.error(Kind.ROUTE, f"Could not identify a request: {err!r}")
+            return None
+        return identity, forwarded, previous, result
+
+    async def route(
+        self, headers: dict[str, str], data: dict[str, Any]
+    ) -> tuple[Routed | None, dict[str, Any]]:
+        """Identify, classify and route a generation; returns what to forward. Never raises."""
+        service = self.service
+        await self.settled()
+        # The poll (a restarted server is noticed before routing) overlaps the identification.
+        poll = asyncio.ensure_future(self._refresh())
+        try:
+            identified = await self._identify(headers, data)
+        finally:
+            await poll
+        if identified is None:
             return None, {k: v for k, v in data.items() if k != "kvtui"}
+        identity, forwarded, previous, result = identified
         gen_type = result.gen_type if result is not None else GenType.NORMAL
         counts = result.counts_message if result is not None else True
         slot: int | None = None
@@ -154,12 +168,9 @@ class GenerationRouter:
             forwarded["cache_prompt"] = True
         prompt = request_prompt(forwarded)
         if prompt is not None and gen_type in _CHAT_TURNS:
-            try:
-                # Recorded as the client sent it: prewarm picks its own slot.
-                request = {k: v for k, v in forwarded.items() if k != "id_slot"}
-                await service.record_prompt(identity.chat, identity.character, prompt, request)
-            except OSError as err:
-                service.events.error(Kind.ERROR, f"Could not record a prompt: {err}")
+            # Recorded as the client sent it: prewarm picks its own slot.
+            request = {k: v for k, v in forwarded.items() if k != "id_slot"}
+            service.record_prompt(identity.chat, identity.character, prompt, request)
         routed = Routed(identity, gen_type, counts, slot, prompt, previous, result)
         return routed, forwarded
 
@@ -189,10 +200,9 @@ class GenerationRouter:
             self.service.events.error(
                 Kind.AUTOSAVE, f"Bookkeeping after a reply in slot {routed.slot} failed: {err}"
             )
-        await self._refresh()
 
     async def _refresh(self) -> None:
-        """Poll ``/slots`` around each generation: a restarted llama-server (its task ids start
+        """Poll ``/slots`` before each generation: a restarted llama-server (its task ids start
         again) is noticed before routing, so caches it lost are restored, not assumed."""
         try:
             await self.service.refresh(max_age=0.25)

@@ -33,12 +33,26 @@ class ProxyStartError(KvtuiError):
     """The proxy could not start listening (the message says why and what to do)."""
 
 
-class _HostedServer(uvicorn.Server):
+class HostedServer(uvicorn.Server):
     """uvicorn without its own signal handlers: the dashboard or the CLI owns Ctrl-C."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def server_config(app: Any, host: str, port: int) -> uvicorn.Config:
+    """How uvicorn serves the proxy (the benchmark's bare relay is served the same way)."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        server_header=False,  # llama-server's own Server/Date headers pass through
+        date_header=False,
+        timeout_graceful_shutdown=3,
+    )
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -76,7 +90,7 @@ class ProxyServer:
         self.host = host if host is not None else settings.listen_host
         self.port = port if port is not None else settings.listen_port
         self.app: ProxyApp = make_proxy_app(service)
-        self._server: _HostedServer | None = None
+        self._server: HostedServer | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -100,17 +114,7 @@ class ProxyServer:
             self.service.events.warning(Kind.CONNECTION, warning)
         sock = bind_socket(self.host, self.port)
         self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(
-            self.app,
-            host=self.host,
-            port=self.port,
-            log_level="warning",
-            lifespan="off",
-            server_header=False,  # llama-server's own Server/Date headers pass through
-            date_header=False,
-            timeout_graceful_shutdown=3,
-        )
-        self._server = _HostedServer(config)
+        self._server = HostedServer(server_config(self.app, self.host, self.port))
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="kvtui-proxy")
         while not self._server.started:
             if self._task.done():

@@ -96,14 +96,12 @@ class ChatFollower:
         """
         current = self.core.current_chat
         try:
-            ref = await self.active()
-            if ref is None:
+            # One trip to a worker thread for all three reads (this runs before every request).
+            ref, members, user = await asyncio.to_thread(self._read_context)
+            if ref is None or members is None:
                 return ChatContext(current)
+            self._members[ref.chat_id] = members
             await self.ensure(ref)
-            members = self.cached_members(ref.chat_id)
-            if members is None:
-                members = await self.members(ref)
-            user = await asyncio.to_thread(self.st_data.user_name)
             return ChatContext(ref.chat_id, tuple(m.name for m in members), (user,))
         except Exception as err:  # noqa: BLE001 - any failure reading ST's files is logged
             self.core.events.error(
@@ -113,6 +111,16 @@ class ChatFollower:
 
     async def _on_change(self, ref: ChatRef) -> None:
         await self.ensure(ref)
+
+    def _read_context(self) -> tuple[ChatRef | None, list[Member] | None, str]:
+        """The active chat, its members (cached per chat) and the user's name (in a thread)."""
+        ref = self.st_data.active_chat()
+        if ref is None:
+            return None, None, ""
+        members = self._members.get(ref.chat_id)
+        if members is None:
+            members = self.st_data.members(ref)
+        return ref, members, self.st_data.user_name()
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Watch SillyTavern's data directory until ``stop_event`` is set."""

@@ -10,7 +10,10 @@ saves, loads, slot actions, automatic mode) each receive the one core; nobody ou
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Hashable
 from pathlib import Path
+from typing import Any
 
 from kvtui.atomic import private_dir, write_atomic
 from kvtui.events import EventLog, Kind
@@ -18,6 +21,7 @@ from kvtui.llama import LlamaClient
 from kvtui.llama.models import Props
 from kvtui.service.outcomes import ConnectionState, ServiceError
 from kvtui.service.prompts import PromptRecorder
+from kvtui.service.writes import WriteBehind
 from kvtui.settings import Settings
 from kvtui.sillytavern import SillyTavernData
 from kvtui.slots import SlotBook
@@ -45,25 +49,45 @@ class ServiceCore:
         self.current_chat: str | None = None
         self.lock = asyncio.Lock()
         """Held while the book and the slots are changed; one operation at a time."""
-        self._persisted: tuple[Path, str] | None = None
+        self.writes = WriteBehind(self._write_failed)
+        """The book's and the recorded prompts' disk writes, off the event loop."""
+        self._persisted: tuple[Path, int] | None = None
+        self._queued: tuple[Path, int] | None = None
 
     def persist(self) -> None:
-        """Write the slot book atomically (it survives a crash or a restart of kvtui).
+        """Write the slot book atomically and fsynced (it survives a crash or a restart).
 
-        Unchanged books are not written again: swipes and polls change nothing, and each
-        write is fsynced on the event loop the proxy's streams share.
+        Unchanged books are not written again (swipes and polls change nothing). The write
+        runs behind the event loop (see :mod:`kvtui.service.writes`); :meth:`flush` waits.
         """
-        text = self.book.to_json()
         target = self.settings.book_path
-        if self._persisted == (target, text):
+        seen = (target, self.book.revision)
+        if seen == self._persisted or (seen == self._queued and self.writes.queued(BOOK)):
             return
-        try:
-            private_dir(target.parent)
-            write_atomic(target, text)
-        except OSError as err:
-            self.events.error(Kind.ERROR, f"Could not write the slot book: {err}")
-            return
-        self._persisted = (target, text)
+        self._queued = seen
+
+        def written() -> None:
+            self._persisted = seen
+
+        text = self.book.to_json()
+        self.writes.submit(BOOK, functools.partial(_write_book, target, text), written)
+
+    def record_prompt(
+        self, chat: str, character: str, prompt: str, request: dict[str, Any]
+    ) -> None:
+        """Keep ``prompt`` as ``character``'s last in ``chat`` (written behind the loop)."""
+        recorder = self.recorder
+        write = functools.partial(recorder.record, chat, character, prompt, request)
+        self.writes.submit(("prompt", chat, character), write)
+
+    def _write_failed(self, key: Hashable, error: OSError) -> None:
+        what = "the slot book" if key == BOOK else "a recorded prompt"
+        self.events.error(Kind.ERROR, f"Could not write {what}: {error}")
+
+    async def flush(self) -> None:
+        """Wait until the slot book and prompts on disk are the ones in memory (or failed)."""
+        self.persist()
+        await self.writes.flush()
 
     def adopt_props(self, props: Props) -> None:
         """Size the book to the server's slots (dropping characters in slots that went away)."""
@@ -110,6 +134,14 @@ class ServiceCore:
         problem = self.slot_problem(slot)
         if problem is not None:
             raise ServiceError(f"{problem.capitalize()}.")
+
+
+BOOK = "book"
+
+
+def _write_book(target: Path, text: str) -> None:
+    private_dir(target.parent)
+    write_atomic(target, text)
 
 
 def new_client(settings: Settings) -> LlamaClient:

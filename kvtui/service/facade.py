@@ -69,8 +69,14 @@ class KvService:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        self._core.persist()
+        """Write the slot book (waiting for it) and close the llama-server client."""
+        await self._core.flush()
         await self._core.client.aclose()
+
+    async def flush(self) -> None:
+        """Wait until the slot book and the recorded prompts are on disk (writes run behind
+        the event loop)."""
+        await self._core.flush()
 
     async def __aenter__(self) -> KvService:
         return self
@@ -105,7 +111,7 @@ class KvService:
                 self._monitor.forget_server()
                 await old_client.aclose()
             if settings.state_dir != old.state_dir:
-                core.persist()
+                await core.flush()
 
     # -- what callers may read ---------------------------------------------------------------
 
@@ -326,14 +332,20 @@ class KvService:
 
     # -- recorded prompts --------------------------------------------------------------------
 
-    async def record_prompt(
+    def record_prompt(
         self, chat: str, character: str, prompt: str, request: dict[str, Any]
     ) -> None:
-        """Keep ``prompt`` as the last one ``character`` was sent in ``chat`` (off the loop)."""
-        await asyncio.to_thread(self._core.recorder.record, chat, character, prompt, request)
+        """Keep ``prompt`` as the last one ``character`` was sent in ``chat``.
+
+        Written behind the event loop (a failure is reported in the event log), so a routed
+        request is forwarded without waiting for the disk.
+        """
+        self._core.record_prompt(chat, character, prompt, request)
 
     async def recorded_prompt(self, chat: str, character: str) -> RecordedPrompt | None:
         """The last prompt recorded for ``character`` in ``chat`` (read off the loop)."""
+        if self._core.writes.queued(("prompt", chat, character)):
+            await self._core.writes.flush()
         return await asyncio.to_thread(self._core.recorder.last_request, chat, character)
 
 

@@ -9,6 +9,7 @@ is the one implementation of the seed's rule "save a used character before repla
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -112,7 +113,9 @@ class Saves:
             core.book.set_tokens(slot, n_saved)
         rotated: list[str] = []
         if tag is None:
-            rotated = store.rotate(chat, character, keep=settings.max_autosaves)
+            rotated = await asyncio.to_thread(
+                store.rotate, chat, character, keep=settings.max_autosaves
+            )
         core.persist()
         what = f"tag '{tag}'" if tag else ("autosave" if autosave else "save")
         core.events.info(

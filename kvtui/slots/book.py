@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -113,8 +113,14 @@ class SlotBook:
             raise ValueError("n_slots must be >= 0")
         self._records = [SlotRecord(slot=i) for i in range(n_slots)]
         self._clock = 0
+        self._revision = 0
 
     # -- reading -------------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        """Grows with every change, so a writer can tell an unchanged book without reading it."""
+        return self._revision
 
     @property
     def n_slots(self) -> int:
@@ -181,6 +187,7 @@ class SlotBook:
         self._records[slot] = SlotRecord(
             slot=slot, chat=chat, character=character, last_used=self._tick()
         )
+        self._revision += 1
 
     def put_back(self, record: SlotRecord) -> None:
         """Undo a takeover: ``record`` (as it was before) is in its slot again, counters and all.
@@ -194,13 +201,16 @@ class SlotBook:
             if other is not None and other != record.slot:
                 self.release(other)
         self._records[record.slot] = record
+        self._revision += 1
 
     def release(self, slot: int) -> None:
         self._check(slot)
         self._records[slot] = SlotRecord(slot=slot)
+        self._revision += 1
 
     def clear_all(self) -> None:
         self._records = [SlotRecord(slot=i) for i in range(self.n_slots)]
+        self._revision += 1
 
     def resize(self, n_slots: int) -> list[SlotRecord]:
         """Follow the server's slot count; returns the occupied records dropped beyond it."""
@@ -210,6 +220,7 @@ class SlotBook:
         self._records = self._records[:n_slots] + [
             SlotRecord(slot=i) for i in range(len(self._records), n_slots)
         ]
+        self._revision += 1
         return dropped
 
     # -- counters ------------------------------------------------------------------------
@@ -282,7 +293,7 @@ class SlotBook:
     def to_json(self) -> str:
         records = []
         for record in self._records:
-            data = asdict(record)
+            data = {name: getattr(record, name) for name in _RECORD_FIELDS}
             at = record.last_save_at
             data["last_save_at"] = at.isoformat() if at else None
             records.append(data)
@@ -292,7 +303,8 @@ class SlotBook:
             "clock": self._clock,
             "slots": records,
         }
-        return json.dumps(doc, ensure_ascii=False, indent=2)
+        # Compact: json's fast C encoder is only used without indent (this runs per request).
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> SlotBook:
@@ -340,6 +352,10 @@ class SlotBook:
 
     def _update(self, slot: int, **changes: Any) -> None:
         self._records[slot] = replace(self._records[slot], **changes)
+        self._revision += 1
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(SlotRecord))
 
 
 def _is_int(value: object) -> TypeGuard[int]:
