@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kvtui.proxy.chatidentity import identify
+from kvtui.proxy.chatidentity import identify, refresh_and_identify
 from kvtui.proxy.gentype import classify_request
 from kvtui.proxy.identity import UNKNOWN_CHAT, Clue, IdentitySource
 from kvtui.sillytavern.chatindex import ChatIndex
@@ -258,3 +258,20 @@ def test_a_long_prompt_is_matched_by_its_end(index: ChatIndex) -> None:
     body = tc_body(prompt, [f"\n{USER}:"])
     identity, _ = identify(body, None, index)
     assert identity.chat == CHAT_B
+
+
+def test_the_decision_is_loggable_and_one_call_refreshes(user_dir: Path) -> None:
+    index = ChatIndex(user_dir)  # never refreshed by hand
+    prompt = tc_prompt(SERA, CHAT_B_MESSAGES[:-1])
+    identity, _ = refresh_and_identify(index, tc_body(prompt, [f"\n{USER}:"]), None)
+    fields = identity.log_fields()
+    assert (fields["chat"], fields["character"], fields["source"]) == (CHAT_B, SERA, "evidence")
+    assert identity.describe().startswith(f'{SERA} in "{CHAT_B}" (evidence, 0.9')
+    st119.write_card_chat(user_dir, st119.SERA_AVATAR, CHAT_A)  # A branch that matches as well
+    st119.write_chat(
+        user_dir / "chats" / SERA / f"{CHAT_A}.jsonl", CHAT_B_MESSAGES, mtime=time.time() - 5
+    )
+    st119.write_card_chat(user_dir, st119.SERA_AVATAR, "another chat")
+    unsure, _ = refresh_and_identify(index, tc_body(prompt, [f"\n{USER}:"]), None)
+    assert unsure.log_fields()["chat"] is None and unsure.log_fields()["source"] == "unsure"
+    assert "one of" in unsure.describe()
