@@ -275,3 +275,21 @@ def test_the_decision_is_loggable_and_one_call_refreshes(user_dir: Path) -> None
     unsure, _ = refresh_and_identify(index, tc_body(prompt, [f"\n{USER}:"]), None)
     assert unsure.log_fields()["chat"] is None and unsure.log_fields()["source"] == "unsure"
     assert "one of" in unsure.describe()
+
+
+def test_a_stale_remembered_turn_does_not_hide_a_swipe_after_an_open(index: ChatIndex) -> None:
+    """kvtui remembers chat B from an earlier session (two messages ago); since then B grew
+    without kvtui. Opened again, the first action is a swipe: the chat file says so."""
+    from kvtui.proxy.gentype import classify_generation, remember
+
+    old = tc_prompt(SERA, CHAT_B_MESSAGES[:2])
+    memory = remember(None, classify_generation(old, character=SERA), old, "")
+    body = tc_body(tc_prompt(SERA, CHAT_B_MESSAGES[:-1]), [f"\n{USER}:"])
+    identity, forwarded = identify(body, None, index)
+    plain = classify_request(forwarded, memory, character=SERA, user_name=USER)
+    assert plain is not None and plain.gen_type is GenType.NORMAL  # the memory alone: wrong
+    result = classify_request(
+        forwarded, memory, character=SERA, user_name=USER, chat=identity.evidence
+    )
+    assert result is not None and result.gen_type is GenType.SWIPE
+    assert not result.counts_message
