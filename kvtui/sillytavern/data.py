@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kvtui.errors import KvtuiError
 from kvtui.sillytavern.cards import Card, CardError, read_card
 from kvtui.sillytavern.chatfile import read_chat_file
 from kvtui.sillytavern.groupfile import read_group
@@ -54,7 +55,7 @@ T = TypeVar("T")
 _Stamp = tuple[int, int]  # (mtime_ns, size)
 
 
-class SillyTavernError(Exception):
+class SillyTavernError(KvtuiError):
     """A SillyTavern file kvtui was asked for and cannot read; the message says which."""
 
 
