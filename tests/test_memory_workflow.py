@@ -123,7 +123,7 @@ async def test_a_failed_reply_writes_nothing(flow: MemoryWorkflow) -> None:
     with pytest.raises(PreviewError):
         await flow.save(plan, preview)
     preview.retry()
-    assert preview.state is PreviewState.WAITING
+    assert preview.state.value == "waiting"
     assert not plan.book_path.exists()
     assert not (flow.dir / "progress.json").exists()
 
