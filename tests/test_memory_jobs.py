@@ -265,3 +265,19 @@ async def test_summarize_job_routed_to_the_slot_it_extends_keeps_the_cache(
         await client.completion(job_prompt, n_predict=24, id_slot=0)
         _, with_job = await turn(client, 0, prompt + first + " and then Mira laughed.")
         assert with_job >= baseline - 1
+
+
+async def test_second_server_takes_the_job(
+    clean_server: EmbeddedServer, strict_server: EmbeddedServer
+) -> None:
+    async with LlamaClient(clean_server.url, save_dir=clean_server.save_dir) as client:
+        await fill_slots(client)
+        before = await client.slots()
+        settings = MemorySettings(memory_server_url=strict_server.url, memory_n_predict=700)
+        async with JobRunner(client, settings) as runner:
+            result = await runner.run(JOB_PROMPT, json_schema=SCHEMA)
+        assert result.mode == "server" and result.parked is None
+        check_schema_valid(result.content)
+        assert await client.slots() == before
+        async with LlamaClient(strict_server.url) as memory_client:
+            assert any(s.n_prompt_tokens for s in await memory_client.slots())
