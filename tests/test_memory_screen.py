@@ -118,3 +118,70 @@ async def test_memory_screen_run_edit_accept(clean_server: EmbeddedServer, tmp_p
         )
         await pilot.press("escape")
         assert not isinstance(app.screen, MemoryScreen)
+
+
+async def test_memory_screen_cancel_restores_the_borrowed_slot(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """Esc during a borrowed-slot job: the job is dropped, the parked cache comes back, and
+    nothing is written. The cancel is triggered from the job's own progress (the same action
+    Esc runs), so it lands while the job is generating whatever the machine's speed."""
+    from kvtui.llama.client import LlamaClient
+    from kvtui.store.names import is_private_name
+
+    st_dir = copy_sample(tmp_path / "st")
+    settings = load_settings(
+        tmp_path / "config.toml",
+        server_url=clean_server.url,
+        save_dir=clean_server.save_dir,
+        st_dir=st_dir,
+        state_dir=tmp_path / "state",
+    )
+    assert clean_server.save_dir is not None
+    async with LlamaClient(clean_server.url) as client:
+        for slot in range(4):
+            await client.completion("Kael: we move at first light. " * (slot + 3), id_slot=slot)
+        before = {s.id: s.n_prompt_tokens for s in await client.slots()}
+    borrowed = SMALL.model_copy(update={"memory_slot": None})
+    preset_library(memory_dir(settings.state_dir)).add(
+        Preset(name="Tiny", prompt="Write a memory of the scene below as JSON.")
+    )
+    service = KvService(settings)
+    app = make_app(settings, service=service)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = MemoryScreen(service, SOLO_CHAT_ID, memory_settings=borrowed)
+        await app.push_screen(screen)
+        await wait_until(pilot, lambda: screen.plan is not None, "the first plan")
+        screen.query_one("#memory-preset", Select).value = "Tiny"
+        screen.query_one("#memory-range", Input).value = "0-2"
+        screen.query_one("#memory-range", Input).focus()
+        await pilot.press("enter")
+        await wait_until(
+            pilot,
+            lambda: screen.plan is not None and screen.plan.preset.name == "Tiny",
+            "the Tiny plan",
+        )
+        post = screen._post_progress
+        parked: list[str] = []
+
+        def cancel_when_generating(step: Any) -> None:
+            post(step)
+            if step.stage == "parking":
+                parked.append(step.detail)
+            if step.stage == "generating" and step.tokens >= 16 and screen.running:
+                screen.action_cancel_or_close()
+
+        screen._post_progress = cancel_when_generating  # type: ignore[method-assign]
+        await pilot.press("ctrl+r")
+        await wait_until(
+            pilot, lambda: not screen.running and "Cancelled" in screen.status_text, "the cancel"
+        )
+        assert parked
+        assert screen.preview is not None and screen.preview.accepted is None
+        await pilot.press("escape")
+    async with LlamaClient(clean_server.url) as client:
+        slots = await client.slots()
+        assert {s.id: s.n_prompt_tokens for s in slots} == before
+        assert not any(s.is_processing for s in slots)
+    assert not [p for p in clean_server.save_dir.iterdir() if is_private_name(p.name)]
+    assert not (st_dir / "worlds").exists()
