@@ -106,6 +106,10 @@ def test_preset_manager(tmp_path: Path) -> None:
     with pytest.raises(LibraryError, match="exists"):
         library.add(Preset(name="mine", prompt="Again."))
     library.update("Mine", prompt="Do it well.")
+    library.update("Mine", name="Ours")
+    with pytest.raises(LibraryError, match="exists"):
+        library.update("Ours", name="synopsis")
+    library.update("Ours", name="Mine")
     copy = library.duplicate("Mine")
     assert copy.name == "Mine (copy)" and copy.prompt == "Do it well."
     library.update("Synopsis", prompt="Edited built-in.")

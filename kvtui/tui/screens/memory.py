@@ -33,6 +33,7 @@ from kvtui.memory.settings import MemorySettings
 from kvtui.memory.workflow import MemoryPlan, MemoryWorkflow, SavedMemory
 from kvtui.service import KvService
 from kvtui.sillytavern import SillyTavernData
+from kvtui.tui.screens.memory_presets import PresetManager
 
 _PLAN_ERRORS = (SceneError, LibraryError, BookError, RegexError, OSError)
 _JOB_ERRORS = (JobError, LlamaError, MemoryReplyError, BookError, OSError)
@@ -67,6 +68,7 @@ class MemoryScreen(Screen[None]):
         Binding("ctrl+r", "run", "Run", id="memory.run"),
         Binding("ctrl+s", "accept", "Accept", id="memory.accept"),
         Binding("ctrl+t", "retry", "Retry", id="memory.retry"),
+        Binding("ctrl+o", "presets", "Presets", id="memory.presets"),
     ]
 
     def __init__(
@@ -108,6 +110,7 @@ class MemoryScreen(Screen[None]):
                 yield Button("Run (ctrl+r)", variant="primary", id="memory-run")
                 yield Button("Accept (ctrl+s)", variant="success", id="memory-accept")
                 yield Button("Retry (ctrl+t)", id="memory-retry")
+                yield Button("Presets (ctrl+o)", id="memory-presets")
                 yield Button("Cancel (esc)", id="memory-cancel")
             yield Label("", id="memory-status", markup=False)
             with Vertical(id="memory-preview"):
@@ -341,6 +344,27 @@ class MemoryScreen(Screen[None]):
         self.query_one("#memory-range", Input).value = ""
         self._replan()
 
+    def action_presets(self) -> None:
+        if self.flow is None or self.running:
+            return
+        current = self.query_one("#memory-preset", Select).value
+        manager = PresetManager(self.flow.presets, current if isinstance(current, str) else None)
+        self.app.push_screen(manager, self._presets_closed)
+
+    async def _presets_closed(self, chosen: str | None) -> None:
+        assert self.flow is not None
+        try:
+            names = await asyncio.to_thread(self.flow.presets.names)
+        except LibraryError as err:
+            self._status(str(err), error=True)
+            return
+        select = self.query_one("#memory-preset", Select)
+        select.set_options([(n, n) for n in names])
+        pick = chosen if chosen in names else (DEFAULT_PRESET if DEFAULT_PRESET in names else None)
+        if pick is not None:
+            select.value = pick
+        self._replan()
+
     def action_cancel_or_close(self) -> None:
         if self.running:
             self._status("Cancelling…")
@@ -367,6 +391,10 @@ class MemoryScreen(Screen[None]):
     @on(Button.Pressed, "#memory-retry")
     def _retry_pressed(self) -> None:
         self.action_retry()
+
+    @on(Button.Pressed, "#memory-presets")
+    def _presets_pressed(self) -> None:
+        self.action_presets()
 
     @on(Button.Pressed, "#memory-cancel")
     def _cancel_pressed(self) -> None:
