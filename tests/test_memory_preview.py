@@ -63,3 +63,19 @@ def test_failed_reply_can_be_fixed_by_hand_or_cancelled() -> None:
     assert preview.edit_raw(OTHER).title == "Dawn"
     preview.cancel()
     assert preview.state.value == "cancelled" and preview.accepted is None
+
+
+def test_text_preview_for_free_text() -> None:
+    from kvtui.memory.preview import TextPreview
+
+    preview = TextPreview()
+    preview.offer("<think>plan</think>\n- Alice owes Bob a favour.\n", stop_type="eos")
+    assert preview.state is PreviewState.READY and preview.text == "- Alice owes Bob a favour."
+    preview.retry()
+    preview.offer("   ", stop_type="eos")
+    assert preview.state.value == "failed" and preview.error
+    preview.retry()
+    preview.offer("half a sent", stop_type="limit")
+    assert preview.state.value == "failed" and "limit" in (preview.error or "")
+    assert preview.edit("- Alice owes Bob.") == "- Alice owes Bob."
+    assert preview.accept() == "- Alice owes Bob." and preview.accepted == "- Alice owes Bob."
