@@ -16,6 +16,7 @@ from kvtui.memory.scene import (
     default_start,
     parse_range,
     select_scene,
+    visible_since,
 )
 from kvtui.sillytavern import ChatRef, parse_chat_text
 
@@ -59,6 +60,7 @@ def test_scene_skips_hidden_messages() -> None:
         "The night falls.",
     ]
     assert (scene.start, scene.end) == (0, 4)
+    assert (visible_since(chat, None), visible_since(chat, 1), visible_since(chat, 4)) == (4, 2, 0)
     with pytest.raises(SceneError, match="hidden"):
         select_scene(chat, 2, 2, user="Alice", char="Bob")
     with pytest.raises(SceneError, match="nothing"):
