@@ -23,7 +23,7 @@ from textual.widgets import Button, Footer, Input, Label, OptionList, Select, St
 
 from kvtui.llama import LlamaError
 from kvtui.memory.contract import MemoryReplyError
-from kvtui.memory.jobs import JobError, JobProgress, JobRunner
+from kvtui.memory.jobs import Gate, JobError, JobProgress, JobRunner
 from kvtui.memory.library import LibraryError
 from kvtui.memory.lorebook import BookError
 from kvtui.memory.preview import Preview, PreviewState
@@ -37,6 +37,17 @@ from kvtui.tui.screens.memory_presets import PresetManager
 
 _PLAN_ERRORS = (SceneError, LibraryError, BookError, RegexError, OSError)
 _JOB_ERRORS = (JobError, LlamaError, MemoryReplyError, BookError, OSError)
+
+
+def service_gate(service: object) -> Gate | None:
+    """The service's routing lock for borrowed-slot jobs: ``job_gate()`` when the service
+    offers one, else its ``lock``; None when it has neither (then pass a ``runner``)."""
+    job_gate = getattr(service, "job_gate", None)
+    if callable(job_gate):
+        gate: Gate = job_gate()
+        return gate
+    lock = getattr(service, "lock", None)
+    return lock if isinstance(lock, asyncio.Lock) else None
 
 
 @dataclass
@@ -83,7 +94,9 @@ class MemoryScreen(Screen[None]):
         self.service = service
         settings = service.settings
         self.memory_settings = memory_settings or MemorySettings.from_settings(settings)
-        self.runner = runner or JobRunner(service.client, self.memory_settings, gate=service.lock)
+        self.runner = runner or JobRunner(
+            service.client, self.memory_settings, gate=service_gate(service)
+        )
         self._owns_runner = runner is None
         self.st_data = SillyTavernData(settings.st_dir) if settings.st_dir else None
         self.flow = (
