@@ -1,8 +1,18 @@
 """From the router's :class:`~kvtui.outcomes.RouteDecision` to a :class:`TurnDecision`.
 
-The proxy calls :func:`begin_routed` right after ``KvService.route`` returns (or fails), and
-``ledger.finish(ticket, timings, disk_write_bytes=…, disk_write_tokens=…)`` when the reply ends
-(the autosave's ``SaveOutcome`` gives the bytes and tokens written).
+Where the proxy calls the warmth ledger (``ledger = WarmthLedger(settings.state_dir,
+tokenize=service.client.tokenize, policy=WarmthPolicy.from_settings(settings), on_error=…)``):
+
+1. Once connected, before routing anything: ``info = await detect_ram_cache(client,
+   avoid=<slots the book holds>)`` and ``ledger.configure_ram_cache(info, bytes_per_token=…,
+   n_ctx_total=props.n_ctx * props.total_slots)``.
+2. Right after ``KvService.route`` returns (``None`` when it failed): :func:`begin_routed`, with
+   the character's previous prompt read *before* the new one is recorded; keep the ticket.
+3. When the reply ends, after ``finish_generation``: ``ledger.finish(ticket,
+   observer.final["timings"], disk_write_bytes=saved.n_written, disk_write_tokens=saved.n_saved)``
+   (zeros without an autosave). Nothing is recorded without timings (a cut-off stream).
+4. When kvtui sees llama-server restarted: ``ledger.note_server_restart()``; after a chat switch
+   that erased the slots: ``ledger.note_chat_switch()``. On shutdown: ``await ledger.aclose()``.
 """
 
 from __future__ import annotations
