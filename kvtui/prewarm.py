@@ -21,8 +21,7 @@ from enum import StrEnum
 
 from kvtui.events import Kind
 from kvtui.llama import LlamaError
-from kvtui.proxy.recorder import PromptRecorder
-from kvtui.service import KvService, ServiceError
+from kvtui.service import KvService, PromptRecorder, ServiceError
 from kvtui.sillytavern import Chat, Member, SillyTavernData, SillyTavernError, assemble_prompt
 from kvtui.slots import GenType
 
@@ -211,9 +210,7 @@ async def _warm(
     in_flight.add(decision.slot)
     slot_of[choice.character] = decision.slot
     try:
-        completion = await service.client.completion(
-            choice.prompt, n_predict=1, id_slot=decision.slot, cache_prompt=True
-        )
+        completion = await service.complete(choice.prompt, slot=decision.slot)
         saved = await service.save_slot(decision.slot, autosave=True)
     finally:
         in_flight.discard(decision.slot)
@@ -239,7 +236,7 @@ async def _wait_idle(service: KvService, slot: int | None, limit: float = 30.0) 
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         try:
-            states = await service.client.slots()
+            states = await service.slot_states()
         except LlamaError:
             return
         if not any(s.id == slot and s.is_processing for s in states):

@@ -2,20 +2,22 @@
 
 Precedence, highest first: command-line flags (passed as keyword overrides), ``KVTUI_*``
 environment variables, the TOML config file, the defaults below. The settings form writes the
-TOML file back with :func:`save_settings`; only values that differ from the defaults are written,
-so a later change of a default reaches users who never touched it.
+TOML file back with :func:`save_settings`, editing the file in place so the user's comments and
+layout survive; only values that differ from the defaults are added, so a later change of a
+default reaches users who never touched it. Unknown keys are reported (:func:`config_problems`).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
-import tomli_w
+import tomlkit
 from platformdirs import user_config_path, user_state_path
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -24,6 +26,7 @@ from pydantic_settings import (
 )
 
 from kvtui.atomic import write_atomic
+from kvtui.errors import KvtuiError
 
 CONFIG_ENV = "KVTUI_CONFIG"
 
@@ -49,20 +52,8 @@ class Settings(BaseSettings):
         use_attribute_docstrings=True,
     )
 
-    server_url: str = "http://127.0.0.1:8080"
-    """URL of the llama-server that kvtui manages."""
-
-    api_key: str | None = None
-    """API key of llama-server (its --api-key), sent as a Bearer token."""
-
-    save_dir: Path | None = None
-    """The server's --slot-save-path directory, where save files live (kvtui reads it directly)."""
-
-    st_dir: Path | None = None
-    """SillyTavern user data directory (data/<user>), for chats, groups and characters."""
-
-    state_dir: Path = Field(default_factory=default_state_dir)
-    """Where kvtui keeps its slot book and recorded prompts."""
+    # The six settings of the SillyTavern extension come first (the settings form keeps
+    # this order).
 
     autosave_enabled: bool = True
     """Save each character's cache automatically every N messages."""
@@ -82,6 +73,21 @@ class Settings(BaseSettings):
     prewarm_timeout_minutes: float = Field(default=20.0, gt=0, le=24 * 60)
     """Longest time to warm one character before it is marked failed."""
 
+    server_url: str = "http://127.0.0.1:8080"
+    """URL of the llama-server that kvtui manages."""
+
+    api_key: str | None = None
+    """API key of llama-server (its --api-key), sent as a Bearer token."""
+
+    save_dir: Path | None = None
+    """The server's --slot-save-path directory, where save files live (kvtui reads it directly)."""
+
+    st_dir: Path | None = None
+    """SillyTavern user data directory (data/<user>), for chats, groups and characters."""
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    """Where kvtui keeps its slot book and recorded prompts."""
+
     prewarm_concurrency: int = Field(default=1, ge=1, le=64)
     """Characters warmed at once during prewarm (more helps only on GPUs that batch prompts)."""
 
@@ -90,6 +96,26 @@ class Settings(BaseSettings):
 
     proxy_listen: str = "127.0.0.1:8081"
     """Address the proxy listens on (point SillyTavern's llama.cpp API URL here)."""
+
+    allowed_origins: list[str] = Field(
+        default_factory=lambda: [
+            "http://localhost:8000",
+            "http://127.0.0.1:8000",
+            "http://[::1]:8000",
+        ]
+    )
+    """Web pages (origins) that may use the proxy from a browser: SillyTavern's page for the
+    companion extension. Requests from SillyTavern's server carry no origin and always work."""
+
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host names (besides loopback names and IP addresses) under which clients reach the proxy."""
+
+    max_body_mb: float = Field(default=32.0, gt=0, le=4096)
+    """Largest request body the proxy accepts, in MiB (a 128k-token prompt is a few MiB)."""
+
+    allow_insecure_listen: bool = False
+    """Let the proxy listen on a non-loopback address without an API key (anyone on the network
+    could then drive the slots)."""
 
     poll_interval: float = Field(default=1.0, ge=0.1, le=60)
     """Seconds between polls of the server's /slots."""
@@ -189,7 +215,7 @@ class _TomlSource(PydanticBaseSettingsSource):
         return data
 
 
-class ConfigError(ValueError):
+class ConfigError(KvtuiError, ValueError):
     """The config file cannot be read."""
 
 
@@ -213,16 +239,140 @@ def settings_to_toml(settings: Settings) -> dict[str, Any]:
         value = getattr(settings, name)
         if value == getattr(defaults, name) or value is None:
             continue
-        data[name] = str(value) if isinstance(value, Path) else value
+        data[name] = toml_value(value)
     return data
 
 
+def toml_value(value: Any) -> Any:
+    """A setting as TOML writes it: paths as strings, whole floats as integers (``20``)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def save_settings(settings: Settings, path: Path | None = None) -> Path:
-    """Write ``settings`` to the TOML file atomically and return its path."""
+    """Write ``settings`` to the TOML file atomically and return its path.
+
+    An existing file is edited in place (tomlkit keeps its comments, order and layout): a
+    setting already in the file is updated (removed when it is cleared), a new setting is added
+    only when it differs from the default, and keys kvtui does not know are left alone.
+    """
     target = path or default_config_path()
-    return write_atomic(target, tomli_w.dumps(settings_to_toml(settings)))
+    try:
+        text = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    doc = tomlkit.parse(text) if text.strip() else tomlkit.document()
+    defaults = Settings.model_construct()
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name in doc:
+            current = doc[name]
+            unwrapped = current.unwrap() if hasattr(current, "unwrap") else current
+            if value is None:
+                del doc[name]
+            elif unwrapped != toml_value(value) and unwrapped != value:
+                doc[name] = toml_value(value)
+        elif value is not None and value != getattr(defaults, name):
+            doc[name] = toml_value(value)
+    return write_atomic(target, tomlkit.dumps(doc))
 
 
 def field_descriptions() -> dict[str, str]:
     """Each setting's description (its docstring), for the settings form and ``--help``."""
     return {name: (info.description or "").strip() for name, info in Settings.model_fields.items()}
+
+
+LABELS: dict[str, str] = {
+    "autosave_enabled": "Autosave",
+    "autosave_every": "Save every N messages",
+    "max_autosaves": "Autosaves kept per character",
+    "notifications": "Show notifications",
+    "clear_on_chat_switch": "Clear slots on a chat switch",
+    "prewarm_timeout_minutes": "Prewarm timeout (minutes)",
+    "server_url": "llama-server URL",
+    "api_key": "llama-server API key",
+    "save_dir": "Save directory",
+    "st_dir": "SillyTavern data directory",
+    "state_dir": "kvtui state directory",
+    "prewarm_concurrency": "Characters warmed at once",
+    "proxy_enabled": "Routing proxy",
+    "proxy_listen": "Proxy address",
+    "poll_interval": "Poll interval (seconds)",
+    "min_save_tokens": "Smallest valid save (tokens)",
+    "min_save_bytes": "Smallest valid save (bytes)",
+    "keymap": "Key bindings",
+}
+"""Each setting's name as the settings form shows it (the field name is shown beside it)."""
+
+
+def field_label(name: str) -> str:
+    return LABELS.get(name, name.replace("_", " ").capitalize())
+
+
+def human_error(err: ValidationError) -> str:
+    """The first problem of a validation error in plain words (no library names, no URLs)."""
+    problems = [_plain_problem(e) for e in err.errors()]
+    return "; ".join(problems[:3]) if problems else "not a valid value"
+
+
+def _plain_problem(error: Any) -> str:
+    kind = str(error.get("type", ""))
+    ctx = error.get("ctx") or {}
+    where = ".".join(str(part) for part in error.get("loc", ()) if part != "__root__")
+    messages = {
+        "int_parsing": "type a whole number, e.g. 5",
+        "int_from_float": "type a whole number, e.g. 5",
+        "int_type": "type a whole number, e.g. 5",
+        "float_parsing": "type a number, e.g. 20 or 1.5",
+        "float_type": "type a number, e.g. 20 or 1.5",
+        "bool_parsing": "type true or false",
+        "bool_type": "type true or false",
+        "greater_than_equal": f"must be at least {_num(ctx.get('ge'))}",
+        "greater_than": f"must be more than {_num(ctx.get('gt'))}",
+        "less_than_equal": f"must be at most {_num(ctx.get('le'))}",
+        "less_than": f"must be less than {_num(ctx.get('lt'))}",
+        "missing": "a value is required",
+        "dict_type": "must be a table of name = value entries",
+        "string_type": "must be text",
+        "path_type": "must be a folder path",
+    }
+    if kind in messages:
+        text = messages[kind]
+    else:
+        text = str(error.get("msg", "not a valid value")).removeprefix("Value error, ")
+    return f"{where}: {text}" if where else text
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def unknown_keys(data: dict[str, Any]) -> list[str]:
+    """Top-level keys of a config file that are not settings (likely typos)."""
+    return [key for key in data if key not in Settings.model_fields]
+
+
+def config_problems(path: Path | None) -> list[str]:
+    """What is wrong with the config file that loading it quietly skipped: unknown keys.
+
+    ``path`` None means the default path (``$KVTUI_CONFIG`` or the user's config directory).
+    """
+    target = path or default_config_path()
+    try:
+        with target.expanduser().open("rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return []
+    unknown = unknown_keys(data)
+    if not unknown:
+        return []
+    close = {
+        key: difflib.get_close_matches(key, list(Settings.model_fields), n=1) for key in unknown
+    }
+    named = ", ".join(f"{k} (did you mean {close[k][0]}?)" if close[k] else k for k in unknown)
+    return [f"{target}: unknown setting(s), ignored: {named}"]

@@ -15,8 +15,7 @@ import pytest
 from kvtui.embedded.server import EmbeddedServer
 from kvtui.llama import LlamaClient
 from kvtui.prewarm import Outcome, Progress, PromptChoice, plan_prewarm, prewarm
-from kvtui.proxy.recorder import PromptRecorder
-from kvtui.service import KvService
+from kvtui.service import KvService, PromptRecorder
 from kvtui.settings import Settings, load_settings
 from kvtui.sillytavern import SillyTavernData
 from kvtui.sillytavern.sample import copy_sample
@@ -223,7 +222,7 @@ async def test_warmed_members_answer_from_cache_through_the_proxy(
     assert report.ok
     user = st_data.user_name()
     names = [m.name for m in plan.members]
-    proxy = ProxyServer(service, service.settings, st_data, host="127.0.0.1", port=0)
+    proxy = ProxyServer(service, host="127.0.0.1", port=0)
     await proxy.start()
     try:
         async with httpx.AsyncClient(base_url=proxy.url, timeout=60) as http:

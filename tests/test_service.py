@@ -1,13 +1,27 @@
-"""KvService across restarts: of kvtui, of llama-server, and of both."""
+"""KvService across restarts (of kvtui, of llama-server, of both), its errors, and its lock."""
 
 from __future__ import annotations
 
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
-from kvtui.embedded.server import EmbeddedServer
-from kvtui.service import KvService
-from kvtui.settings import Settings, load_settings
-from kvtui.slots import GenType
+import pytest
+
+import kvtui.errors
+from kvtui.embedded.server import EmbeddedServer, EmbeddedServerError
+from kvtui.errors import KvtuiError
+from kvtui.llama import LlamaError, ServerUnreachable
+from kvtui.proxy.run import ProxyStartError
+from kvtui.service import KvService, ServiceError
+from kvtui.settings import ConfigError, Settings, load_settings
+from kvtui.sillytavern import SillyTavernError
+from kvtui.sillytavern.cards import CardError
+from kvtui.sillytavern.png import PngError
+from kvtui.slots import GenType, SlotBookError
+from kvtui.statelock import StateLock
+from kvtui.store.names import InvalidSaveName
 
 PROMPT = "Story.\n***\nAlex: Hello, Seraphina!\nSeraphina:"
 
@@ -105,3 +119,60 @@ async def test_assigning_over_a_used_character_saves_it_first(
         latest = store.latest("chat", "Seraphina")
         assert latest is not None and latest.n_saved
         assert service.book.find("chat", "Kael") == decision.slot
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        LlamaError,
+        ServiceError,
+        SlotBookError,
+        InvalidSaveName,
+        SillyTavernError,
+        CardError,
+        PngError,
+        ConfigError,
+        ProxyStartError,
+        EmbeddedServerError,
+    ],
+)
+def test_every_expected_failure_has_one_root_with_a_hint(error: type[Exception]) -> None:
+    assert issubclass(error, KvtuiError)
+
+
+def test_an_error_says_what_happened_and_what_to_do() -> None:
+    err = ServerUnreachable("No answer from http://127.0.0.1:1.")
+    assert err.message == "No answer from http://127.0.0.1:1."
+    assert "--server URL" in err.hint and str(err) == f"{err.message} {err.hint}"
+    plain = ServiceError("Slot 9 does not exist.")
+    assert str(plain) == "Slot 9 does not exist." and plain.hint == ""
+    assert kvtui.errors.KvtuiError("x", "Do y.").__str__() == "x Do y."
+
+
+def test_the_state_lock_is_private_and_names_its_holder(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    lock = StateLock(state)
+    assert lock.acquire("dashboard")
+    try:
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        assert stat.S_IMODE(lock.path.stat().st_mode) == 0o600
+        other = (
+            "import sys\n"
+            "from pathlib import Path\n"
+            "from kvtui.statelock import StateLock\n"
+            f"lock = StateLock(Path({str(state)!r}))\n"
+            "print(lock.acquire('headless'), lock.holder())\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", other],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        refused, holder = out.stdout.split(maxsplit=1)
+        assert refused == "False" and holder.strip().endswith("dashboard")
+    finally:
+        lock.release()
+    again = StateLock(state)
+    assert again.acquire("proxy")
+    again.release()

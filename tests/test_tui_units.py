@@ -8,10 +8,11 @@ import pytest
 
 from kvtui.events import Event, Kind, Level
 from kvtui.service import (
+    BatchResult,
     ConnectionState,
+    Failure,
     LoadOutcome,
     SaveOutcome,
-    ServiceError,
     SlotRow,
     Snapshot,
 )
@@ -122,11 +123,10 @@ def outcome(character: str, slot: int, chat: str = "c1", **kw: object) -> LoadOu
 
 def test_load_report_names_each_character_and_other_chats() -> None:
     report = load_report(
-        [
-            outcome("Alice", 0),
-            outcome("Bob", 1, chat="old chat", evicted="Carol"),
-            LoadOutcome(-1, "", "x.bin", "x.bin", 0, False, error="No save file named 'x.bin'"),
-        ],
+        BatchResult(
+            (outcome("Alice", 0), outcome("Bob", 1, chat="old chat", evicted="Carol")),
+            (Failure("x.bin", "No save file named 'x.bin'"),),
+        ),
         current_chat="c1",
     )
     lines = report.message.splitlines()
@@ -134,17 +134,18 @@ def test_load_report_names_each_character_and_other_chats() -> None:
     assert lines[0] == "Alice → slot 0: 100 tokens"
     assert lines[1] == "Bob → slot 1: 100 tokens, loaded from chat old chat (evicted Carol)"
     assert lines[2].startswith("x.bin: failed: No save file")
-    assert "chat c1" in load_report([outcome("Alice", 0)], current_chat=None).message
+    alone = BatchResult((outcome("Alice", 0),))
+    assert "chat c1" in load_report(alone, current_chat=None).message
 
 
 def test_save_report() -> None:
     ok = SaveOutcome(0, "c", "Alice", "f.bin", 10, 2000, "t", rotated=("a", "b"))
-    report = save_report([ok, ServiceError("slot 1: empty")], "t")
+    report = save_report(BatchResult((ok,), (Failure("slot 1", "empty"),)), "t")
     assert report.title == "Saved with tag t (1 of 2)" and report.severity == "warning"
     assert (
         "rotated 2 old autosave(s)" in report.message and "failed: slot 1: empty" in report.message
     )
-    assert save_report([], None).severity == "warning"
+    assert save_report(BatchResult(), None).severity == "warning"
 
 
 def test_keymap_text_round_trip_and_errors() -> None:

@@ -19,7 +19,6 @@ from kvtui.events import Kind
 from kvtui.proxy.run import ProxyServer, ProxyStartError
 from kvtui.service import KvService
 from kvtui.settings import Settings
-from kvtui.sillytavern import SillyTavernData
 from kvtui.statelock import StateLock
 from kvtui.tui.screens.dashboard import DashboardScreen
 
@@ -38,6 +37,7 @@ class KvtuiApp(App[int]):
         config_path: Path | None = None,
         on_exit: Callable[[], None] | None = None,
         automatic: bool = False,
+        demo_slots: int | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -45,12 +45,18 @@ class KvtuiApp(App[int]):
         self.config_path = config_path
         self._on_exit = on_exit
         self.automatic = automatic
+        self.demo_slots = demo_slots
+        """Set in ``kvtui demo``: the demo server's slot count (adds the demo's keys)."""
         self.proxy: ProxyServer | None = None
         self._automatic_stop = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
         self._saves_task: asyncio.Task[None] | None = None
 
     def get_default_screen(self) -> Screen[None]:
+        if self.demo_slots is not None:
+            from kvtui.tui.screens.demo import DemoScreen
+
+            return DemoScreen(self.service, config_path=self.config_path, n_slots=self.demo_slots)
         return DashboardScreen(self.service, config_path=self.config_path)
 
     async def on_mount(self) -> None:
@@ -67,9 +73,7 @@ class KvtuiApp(App[int]):
         A proxy that cannot start (its port is taken) is reported in the event log; the
         dashboard goes on without it.
         """
-        settings = self.service.settings
-        st_data = SillyTavernData(settings.st_dir) if settings.st_dir else None
-        proxy = ProxyServer(self.service, settings, st_data)
+        proxy = ProxyServer(self.service)
         try:
             await proxy.start()
         except (ProxyStartError, OSError) as err:
@@ -80,13 +84,12 @@ class KvtuiApp(App[int]):
             Kind.ROUTE,
             f"Proxy listening on {proxy.url}: set SillyTavern's llama.cpp API URL to it.",
         )
-        if proxy.watcher is not None:
-            self._watch_task = asyncio.create_task(self._watch(proxy), name="kvtui-chat-watcher")
+        if self.service.follows_chats:
+            self._watch_task = asyncio.create_task(self._watch(), name="kvtui-chat-watcher")
 
-    async def _watch(self, proxy: ProxyServer) -> None:
-        assert proxy.watcher is not None
+    async def _watch(self) -> None:
         try:
-            await proxy.watcher.run(self._automatic_stop)
+            await self.service.follow_chats(self._automatic_stop)
         except Exception as err:  # reported, never a crash of the dashboard
             self.service.events.error(Kind.ERROR, f"The chat-switch watcher stopped: {err!r}")
 
@@ -127,6 +130,7 @@ def make_app(
     on_exit: Callable[[], None] | None = None,
     config_path: Path | None = None,
     automatic: bool = False,
+    demo_slots: int | None = None,
 ) -> KvtuiApp:
     """Build the dashboard app (nothing is started and no I/O happens until it runs).
 
@@ -139,6 +143,8 @@ def make_app(
             config path, or ``$KVTUI_CONFIG``).
         automatic: Run the routing proxy and the SillyTavern chat-switch watcher in the
             app's loop (``kvtui`` does when ``proxy_enabled`` is set).
+        demo_slots: Run as ``kvtui demo`` with this many server slots: the dashboard gets the
+            keys that play the demo's scripted conversation.
     """
     return KvtuiApp(
         settings,
@@ -146,14 +152,34 @@ def make_app(
         config_path=config_path,
         on_exit=on_exit,
         automatic=automatic,
+        demo_slots=demo_slots,
     )
 
 
-def run_dashboard(settings: Settings, *, config_path: Path | None = None) -> int:
-    """Run the dashboard in the terminal until the user quits; returns the exit code."""
-    app = make_app(settings, config_path=config_path, automatic=settings.proxy_enabled)
+def run_dashboard(
+    settings: Settings,
+    *,
+    config_path: Path | None = None,
+    demo_slots: int | None = None,
+    warnings: Iterable[str] = (),
+    notes: Iterable[str] = (),
+) -> int:
+    """Run the dashboard in the terminal until the user quits; returns the exit code.
+
+    ``warnings`` (e.g. unknown keys in the config file) and ``notes`` open the event log.
+    """
+    app = make_app(
+        settings,
+        config_path=config_path,
+        automatic=settings.proxy_enabled or demo_slots is not None,
+        demo_slots=demo_slots,
+    )
+    for warning in warnings:
+        app.service.events.warning(Kind.ERROR, warning)
+    for note in notes:
+        app.service.events.info(Kind.CONNECTION, note)
     lock = StateLock(settings.state_dir)
-    if not lock.acquire("dashboard"):
+    if not lock.acquire("demo" if demo_slots is not None else "dashboard"):
         app.service.events.warning(
             Kind.ERROR,
             f"{lock.holder()} is running with the same state directory: both keep the slot "
