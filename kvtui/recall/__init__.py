@@ -10,6 +10,7 @@ textual here.
 
 from __future__ import annotations
 
+from kvtui.recall.books import memory_books
 from kvtui.recall.engine import Decision, RecallEngine, RecallOutcome, RecallTelemetry
 from kvtui.recall.memories import LorebookSource, Memory, MemorySource, StaticSource
 from kvtui.recall.settings import RecallSettings, SwipePolicy
@@ -25,4 +26,5 @@ __all__ = [
     "RecallTelemetry",
     "StaticSource",
     "SwipePolicy",
+    "memory_books",
 ]

@@ -61,6 +61,9 @@ class RecallSettings(BaseModel):
     sticky_max_streak: int = Field(default=3, ge=1, le=100)
     """Consecutive rounds after which the sticky penalty stops growing."""
 
+    constant_always: bool = False
+    """Recall memories marked constant on every turn (off: by their keywords, like the rest)."""
+
     swipe_policy: SwipePolicy = SwipePolicy.REUSE
     """A swipe reuses the recall of the user's unchanged message, or recomputes it."""
 
