@@ -96,7 +96,9 @@ def _old_solo_chat(user_dir: Path) -> None:
     ]  # fmt: skip
     path = user_dir / "chats" / "Seraphina" / f"{OLD_SOLO_CHAT_ID}.jsonl"
     path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines), encoding="utf-8")
-    old = time.time() - 86400
+    # Older than the card's current chat, as a chat last used days before would be.
+    current = user_dir / "chats" / "Seraphina" / f"{sample.SOLO_CHAT_ID}.jsonl"
+    old = current.stat().st_mtime - 2 * 86400
     os.utime(path, (old, old))
 
 
