@@ -122,7 +122,7 @@ class LoadPicker(ModalScreen[list[str] | None]):
     BINDINGS = [
         Binding("ctrl+l", "load", "Load chosen", id="picker.load", priority=True),
         Binding("slash", "search", "Search", id="picker.search"),
-        Binding("escape", "cancel", "Cancel", id="picker.cancel"),
+        Binding("escape", "cancel", "Clear search / cancel", id="picker.cancel"),
     ]
 
     def __init__(
@@ -311,4 +311,10 @@ class LoadPicker(ModalScreen[list[str] | None]):
         self.dismiss(None)
 
     def action_cancel(self) -> None:
+        """Esc: clear a typed search first (the tree comes back whole), else close."""
+        search = self.query_one("#picker-search", Input)
+        if search.value:
+            search.value = ""
+            self.save_tree.focus()
+            return
         self.dismiss(None)
