@@ -18,10 +18,12 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kvtui.atomic import write_atomic
 from kvtui.settings import Settings
@@ -156,6 +158,22 @@ def redirect_to_demo(settings: Settings) -> tuple[Settings, DemoPointer | None]:
     )
 
 
+def _exit_on_hangup() -> dict[int, Any]:
+    """A closed terminal (SIGHUP) or SIGTERM ends the demo through its ``finally``, so the
+    server is stopped and the temporary directory removed; returns the previous handlers."""
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, leave)
+        except (ValueError, OSError):  # not the main thread, or no such signal here
+            pass
+    return previous
+
+
 def run_demo(settings: Settings, n_slots: int = DEFAULT_SLOTS, *, keep: bool = False) -> int:
     """Run the demo until the user quits; returns the dashboard's exit code.
 
@@ -180,6 +198,7 @@ def run_demo(settings: Settings, n_slots: int = DEFAULT_SLOTS, *, keep: bool = F
     )
     pointer_file = pointer_path(settings.state_dir)
     wrote_pointer = False
+    previous = _exit_on_hangup()
     try:
         print(f"kvtui demo: starting llama-server ({n_slots} slots × {SLOT_CTX} tokens)…")
         try:
@@ -207,6 +226,8 @@ def run_demo(settings: Settings, n_slots: int = DEFAULT_SLOTS, *, keep: bool = F
             demo, config_path=root / "config.toml", demo_slots=n_slots, notes=[how]
         )
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         server.stop()
         if wrote_pointer:
             with contextlib.suppress(OSError):

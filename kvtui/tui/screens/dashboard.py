@@ -236,7 +236,8 @@ class DashboardScreen(LiveScreen):
                 )
         rows = []
         for binding in self.BINDINGS:
-            assert isinstance(binding, Binding) and binding.id is not None
+            if not isinstance(binding, Binding) or binding.id is None:
+                continue  # Screen's own focus and copy keys
             shown = ", ".join(keys.get(binding.id, [])) or "unbound"
             rows.append((binding.id, shown, binding.description, binding.tooltip))
         return rows
@@ -244,4 +245,8 @@ class DashboardScreen(LiveScreen):
     @classmethod
     def palette_bindings(cls) -> list[Binding]:
         """The actions offered in the command palette (quit comes from Textual itself)."""
-        return [b for b in cls.BINDINGS if isinstance(b, Binding) and b.action != "quit"]
+        return [
+            b
+            for b in cls.BINDINGS
+            if isinstance(b, Binding) and b.id is not None and b.action != "quit"
+        ]
