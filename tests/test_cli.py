@@ -223,7 +223,11 @@ def test_busy_slot_waits_and_a_killed_server_is_reported(tmp_path: Path) -> None
         worker.join(timeout=10)
     assert proc.returncode == 1
     assert "Traceback" not in err
-    assert "llama-server" in err and ("crashed" in err or "unreachable" in err.lower())
+    # On a loaded machine the CLI may reach the server only after it was killed: then it says
+    # that no llama-server answers; either way one clear line.
+    said = err.lower()
+    assert "llama-server" in err
+    assert "crashed" in said or "unreachable" in said or "no llama-server answers" in said
     assert not list(saves.glob("*.bin"))
 
 
