@@ -214,6 +214,8 @@ class LiveScreen(Screen[None]):
                 title=event.kind.value,
                 severity=_SEVERITY[event.level],
                 markup=False,
+                # Routine events are in the log too: brief toasts leave it readable at 80x24.
+                timeout=3 if event.level is Level.INFO else 8,
             )
 
     @contextmanager
