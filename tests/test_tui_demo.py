@@ -180,3 +180,19 @@ def test_headless_commands_find_the_running_demo(tmp_path: Path) -> None:
     dead: dict[str, Any] = json.loads(pointer.to_json()) | {"pid": 2**22 + 12345}
     pointer_path(user_state).write_text(json.dumps(dead), encoding="utf-8")
     assert running_demo(user_state) is None and not pointer_path(user_state).exists()
+
+
+def test_a_taken_proxy_port_moves_the_demo_to_a_free_one() -> None:
+    import socket
+
+    from kvtui.demo import _free_listen
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings.model_construct(proxy_listen=f"127.0.0.1:{port}")
+        listen, moved = _free_listen(settings)
+        assert moved and listen.startswith("127.0.0.1:") and listen != f"127.0.0.1:{port}"
+    listen, moved = _free_listen(settings)  # free again: kept as configured
+    assert (listen, moved) == (f"127.0.0.1:{port}", False)
