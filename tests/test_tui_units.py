@@ -75,9 +75,7 @@ def test_slot_cells_busy_character_slot() -> None:
     assert cells["usage"] == "3"
     assert str(cells["autosave"]) == "in 1 msg"
     assert cells["last_save"] == local_time(now - timedelta(minutes=5), now)
-    assert str(slot_cells(row(processing=True, n_decoded=5, n_remain=-1))["state"]) == (
-        "busy 5"
-    )
+    assert str(slot_cells(row(processing=True, n_decoded=5, n_remain=-1))["state"]) == ("busy 5")
     assert str(slot_cells(row(character="A", messages_until_save=None))["autosave"]) == "off"
 
 
