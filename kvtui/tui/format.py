@@ -12,21 +12,22 @@ from datetime import datetime
 
 from rich.text import Text
 
+from kvtui.chatref import chat_label
 from kvtui.service import SlotRow
 
 DASH = "—"
 
 SLOT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("slot", "Slot"),
+    ("slot", "#"),
     ("state", "State"),
     ("character", "Character"),
     ("chat", "Chat"),
     ("tokens", "Tokens"),
-    ("usage", "Usage"),
-    ("autosave", "Next autosave"),
-    ("last_save", "Last save"),
+    ("usage", "Used"),
+    ("autosave", "Autosave"),
+    ("last_save", "Saved"),
 )
-"""The slot table's columns as (key, label), in display order."""
+"""The slot table's columns as (key, label), in display order (short: 80 columns fit)."""
 
 
 def local_time(when: datetime | None, now: datetime | None = None) -> str:
@@ -58,29 +59,33 @@ def human_size(n_bytes: int | None) -> str:
 
 
 def slot_state(row: SlotRow) -> Text:
-    """``idle``, or ``processing n/total`` while the server decodes in that slot."""
+    """``idle``, or ``busy n/total`` while the server decodes in that slot (short: the table
+    fits 80 columns)."""
     if not row.processing:
         return Text("idle", style="dim")
     decoded = row.n_decoded or 0
     if row.n_remain is not None and row.n_remain >= 0:
-        return Text(f"processing {decoded}/{decoded + row.n_remain}", style="bold")
-    return Text(f"processing {decoded}", style="bold")
+        return Text(f"busy {decoded}/{decoded + row.n_remain}", style="bold")
+    return Text(f"busy {decoded}", style="bold")
 
 
 def slot_tokens(row: SlotRow) -> str:
     if row.tokens is None:
-        return f"{DASH} / {row.n_ctx}" if row.n_ctx else DASH
-    return f"{row.tokens} / {row.n_ctx}" if row.n_ctx else str(row.tokens)
+        return f"{DASH}/{row.n_ctx}" if row.n_ctx else DASH
+    return f"{row.tokens}/{row.n_ctx}" if row.n_ctx else str(row.tokens)
 
 
-def slot_autosave(row: SlotRow) -> str:
-    """Messages until the character's next autosave (the seed's header indicator)."""
+def slot_autosave(row: SlotRow) -> Text:
+    """Messages until the character's next autosave (the seed's header indicator).
+
+    "off" is bold italic, not dimmed: it must stand out in every theme.
+    """
     if row.character is None:
-        return DASH
+        return Text(DASH)
     if row.messages_until_save is None:
-        return "off"
+        return Text("off", style="bold italic")
     n = max(row.messages_until_save, 0)
-    return f"in {n} message" if n == 1 else f"in {n} messages"
+    return Text(f"in {n} msg" if n == 1 else f"in {n} msgs")
 
 
 def plain(value: str | None) -> Text:
@@ -95,12 +100,11 @@ def slot_cells(
 
     ``titles`` maps chat ids to SillyTavern's names for them (a group chat's id is a timestamp).
     """
-    chat = (titles or {}).get(row.chat, row.chat) if row.chat else None
     return {
         "slot": str(row.slot),
         "state": slot_state(row),
         "character": plain(row.character),
-        "chat": plain(chat),
+        "chat": plain(chat_label(row.chat, titles or {}) if row.chat else None),
         "tokens": slot_tokens(row),
         "usage": str(row.usage) if row.character else DASH,
         "autosave": slot_autosave(row),

@@ -25,6 +25,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Label, LoadingIndicator
 from textual.worker import Worker, WorkerState
 
+from kvtui.chatref import with_titles
 from kvtui.events import Event, Kind, Level
 from kvtui.service import ConnectionState, KvService, SlotRow, Snapshot
 from kvtui.settings import Settings
@@ -103,10 +104,14 @@ class LiveScreen(Screen[None]):
             yield LoadingIndicator(id="activity-spinner")
             yield Label("", id="activity-text", markup=False)
         yield EventLogPanel(id="events")
-        yield Footer(compact=True)
+        # The palette's key is in the log's hint (always visible), not the footer: at 80
+        # columns the footer needs every cell for the main actions.
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        self.query_one(EventLogPanel).border_title = "Events"
+        log = self.query_one(EventLogPanel)
+        log.border_title = "Events"
+        log.border_subtitle = "? every key · ctrl+p every action"
         self.query_one(SlotTable).border_title = "Slots"
         self.query_one("#activity").display = False
         self.query_one(ServerInfo).show(self.service.snapshot())
@@ -121,6 +126,10 @@ class LiveScreen(Screen[None]):
     async def read_chat_titles(self) -> None:
         """Learn SillyTavern's chat names (a thread: it reads the data directory)."""
         self.chat_titles = await asyncio.to_thread(chat_titles, self.settings.st_dir)
+        log = self.query_one(EventLogPanel)
+        if dict(log.titles) != self.chat_titles:
+            log.titles = dict(self.chat_titles)
+            log.rerender()
         if self.snapshot is not None:
             self.query_one(SlotTable).show_rows(
                 self.snapshot.rows, now=self.snapshot.taken_at, titles=self.chat_titles
@@ -201,10 +210,12 @@ class LiveScreen(Screen[None]):
             return
         if event.level is not Level.INFO or event.kind in EVENT_TOASTS:
             self.notify(
-                event.message,
+                with_titles(event.message, self.chat_titles),
                 title=event.kind.value,
                 severity=_SEVERITY[event.level],
                 markup=False,
+                # Routine events are in the log too: brief toasts leave it readable at 80x24.
+                timeout=3 if event.level is Level.INFO else 8,
             )
 
     @contextmanager
@@ -252,7 +263,12 @@ class LiveScreen(Screen[None]):
     def report(self, report: Report) -> None:
         """A job's result as one toast (failures always; successes when notifications are on)."""
         if self.settings.notifications or report.severity != "information":
-            self.notify(report.message, title=report.title, severity=report.severity, markup=False)
+            self.notify(
+                with_titles(report.message, self.chat_titles),
+                title=report.title,
+                severity=report.severity,
+                markup=False,
+            )
 
     @property
     def rows(self) -> tuple[SlotRow, ...]:
