@@ -23,6 +23,7 @@ from kvtui.proxy.asgi import (
     request_target,
     send_error,
 )
+from kvtui.proxy.companion import PREFIX, Companion
 from kvtui.proxy.guard import (
     Refusal,
     check_api_key,
@@ -51,6 +52,7 @@ class ProxyApp:
     def __init__(self, service: KvService) -> None:
         self.service = service
         self.relay = Relay(service.events)
+        self.companion = Companion(service)
         self.router = GenerationRouter(service)
 
     async def aclose(self) -> None:
@@ -122,7 +124,9 @@ class ProxyApp:
         if isinstance(body, Refusal):
             await _refuse(send, body)
             return
-        if method == "POST" and path.startswith("/slots/"):
+        if path.startswith(PREFIX):
+            await self.companion.handle(scope, send, body)
+        elif method == "POST" and path.startswith("/slots/"):
             await self._slot_action(scope, receive, send, body)
         elif method == "POST" and path in GENERATION_PATHS:
             await self._generation(scope, receive, send, body, headers)

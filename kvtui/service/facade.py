@@ -37,7 +37,7 @@ from kvtui.service.prompts import PromptRecorder, RecordedPrompt
 from kvtui.service.saves import Saves
 from kvtui.service.slot_actions import SlotActions
 from kvtui.settings import Settings
-from kvtui.sillytavern import SillyTavernData
+from kvtui.sillytavern import ChatRef, SillyTavernData
 from kvtui.slots import GenType, SlotBook
 from kvtui.store import SaveStore
 from kvtui.store.errors import StoreError
@@ -215,6 +215,26 @@ class KvService:
         """Follow SillyTavern's active chat (the seed's chat switch) until ``stop_event``."""
         if self._chats is not None:
             await self._chats.run(stop_event)
+
+    async def chat_opened(self, chat_id: str) -> None:
+        """SillyTavern opened ``chat_id`` (the companion extension said so): switch to it now.
+
+        SillyTavern writes no file when a chat is opened, so this is the exact signal; with a
+        data directory the switch places the chat's members as the watcher would."""
+        follower = self._follower()
+        if follower is not None:
+            ref = await asyncio.to_thread(self._find_chat, chat_id)
+            if ref is not None:
+                await follower.ensure(ref)
+                return
+        if self._core.current_chat != chat_id:
+            await self.switch_chat(chat_id)
+
+    def _find_chat(self, chat_id: str) -> ChatRef | None:
+        st_data = self._core.st_data
+        if st_data is None:
+            return None
+        return next((ref for ref in st_data.chats() if ref.chat_id == chat_id), None)
 
     async def chat_context(self) -> ChatContext:
         """The chat a generation arriving now belongs to (switching to it first), its
