@@ -24,6 +24,7 @@ from kvtui.proxy.asgi import (
     send_error,
 )
 from kvtui.proxy.companion import PREFIX, Companion
+from kvtui.proxy.extras import RouterExtras
 from kvtui.proxy.guard import (
     Refusal,
     check_api_key,
@@ -53,10 +54,12 @@ class ProxyApp:
         self.service = service
         self.relay = Relay(service.events)
         self.companion = Companion(service)
-        self.router = GenerationRouter(service)
+        self.extras = RouterExtras(service, self.companion)
+        self.router = GenerationRouter(service, self.extras)
 
     async def aclose(self) -> None:
         await self.relay.aclose()
+        await self.extras.aclose()
 
     async def settled(self) -> None:
         """Wait until the bookkeeping of every reply the client has seen end is done, its

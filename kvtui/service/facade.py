@@ -37,7 +37,7 @@ from kvtui.service.prompts import PromptRecorder, RecordedPrompt
 from kvtui.service.saves import Saves
 from kvtui.service.slot_actions import SlotActions
 from kvtui.settings import Settings
-from kvtui.sillytavern import ChatRef, SillyTavernData
+from kvtui.sillytavern import ChatIndex, ChatRef, SillyTavernData
 from kvtui.slots import GenType, SlotBook
 from kvtui.store import SaveStore
 from kvtui.store.errors import StoreError
@@ -216,11 +216,24 @@ class KvService:
         if self._chats is not None:
             await self._chats.run(stop_event)
 
-    async def chat_opened(self, chat_id: str) -> None:
-        """SillyTavern opened ``chat_id`` (the companion extension said so): switch to it now.
+    @property
+    def chat_index(self) -> ChatIndex | None:
+        """SillyTavern's chats by their latest messages (None without a data directory)."""
+        return self._core.chat_index
+
+    @property
+    def opened_chat(self) -> str | None:
+        """The chat the companion extension last reported opened."""
+        return self._core.opened_chat
+
+    async def chat_opened(self, chat_id: str, *, reported: bool = True) -> None:
+        """SillyTavern opened ``chat_id``: switch to it now (``reported``: the companion
+        extension said so; else a sure identity of a request showed it).
 
         SillyTavern writes no file when a chat is opened, so this is the exact signal; with a
         data directory the switch places the chat's members as the watcher would."""
+        if reported:
+            self._core.opened_chat = chat_id
         follower = self._follower()
         if follower is not None:
             ref = await asyncio.to_thread(self._find_chat, chat_id)
