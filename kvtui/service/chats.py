@@ -11,8 +11,8 @@ exactly once, whichever of the two notices it first.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
 from kvtui.events import Kind
 from kvtui.llama import LlamaError
