@@ -47,7 +47,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="KVTUI_",
-        extra="ignore",
+        # memory_*, recall_* and sideprompt_* keys are kept for the parts that own them (each
+        # validates its own, see SECTION_PREFIXES); other unknown keys are reported.
+        extra="allow",
         validate_assignment=True,
         use_attribute_docstrings=True,
     )
@@ -352,9 +354,18 @@ def _num(value: Any) -> str:
     return str(value)
 
 
+SECTION_PREFIXES = ("memory_", "recall_", "sideprompt_")
+"""Settings of memory books, recall and side prompts: kept as given, validated by their own
+models (``kvtui.memory.settings``, ``kvtui.recall.settings``) when those parts run."""
+
+
 def unknown_keys(data: dict[str, Any]) -> list[str]:
     """Top-level keys of a config file that are not settings (likely typos)."""
-    return [key for key in data if key not in Settings.model_fields]
+    return [
+        key
+        for key in data
+        if key not in Settings.model_fields and not key.startswith(SECTION_PREFIXES)
+    ]
 
 
 def config_problems(path: Path | None) -> list[str]:

@@ -41,7 +41,7 @@ class RouterExtras:
         settings = service.settings
         self.ledger = WarmthLedger(
             settings.state_dir,
-            tokenize=service.client.tokenize,
+            tokenize=service.tokenize,
             on_error=self._accounting_error,
         )
         self.recall: RecallEngine | None = None

@@ -357,6 +357,10 @@ class KvService:
         async with self._core.lock:
             return await self._automatic.switch_chat(chat, characters)
 
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """The server's token ids of ``text`` (``add_special``: with BOS, as a prompt)."""
+        return await self._core.client.tokenize(text, add_special=add_special)
+
     async def complete(self, prompt: str, *, slot: int, n_predict: int = 1) -> CompletionResult:
         """Process ``prompt`` into ``slot``'s cache (prewarm), generating ``n_predict`` tokens."""
         return await self._core.client.completion(
