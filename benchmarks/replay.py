@@ -20,6 +20,7 @@ prefill time and the wall time of the requests.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import statistics
@@ -36,7 +37,9 @@ from benchmarks.common import (
     note,
     start_server,
 )
+from benchmarks.proxy import NAME as PROXY_NAME
 from benchmarks.proxy import start_proxy
+from benchmarks.replay_accounting import report_warmth, script_turns
 from benchmarks.st import (
     USER,
     Prose,
@@ -206,6 +209,10 @@ class Tally:
     by_phase: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
+    timings: list[dict[str, Any]] = field(default_factory=list)
+    state_dir: Path | None = None
+    proxy_log: Path | None = None
+    save_dir: Path | None = None
 
     @property
     def hit_ratio(self) -> float:
@@ -220,7 +227,9 @@ def _chat_files(st_dir: Path) -> dict[str, Path]:
     }
 
 
-def _replay(steps: list[Step], url: str, server: EmbeddedServer, st_dir: Path) -> Tally:
+def _replay(
+    steps: list[Step], url: str, server: EmbeddedServer, st_dir: Path, restarts: bool = True
+) -> Tally:
     files = _chat_files(st_dir)
     wire = Wire(url)
     tally = Tally()
@@ -232,8 +241,9 @@ def _replay(steps: list[Step], url: str, server: EmbeddedServer, st_dir: Path) -
                 else:
                     write_chat_line(files[step.chat], step.name, step.is_user, step.text)
             elif isinstance(step, Restart):
-                wire.close()
-                server.restart()
+                if restarts:
+                    wire.close()
+                    server.restart()
             else:
                 reply = wire.post("/completion", step.body)
                 if reply.status != 200:
@@ -246,17 +256,17 @@ def _replay(steps: list[Step], url: str, server: EmbeddedServer, st_dir: Path) -
                 tally.requests += 1
                 tally.sizes.append(int(timings["prompt_n"]) + int(timings["cache_n"]))
                 tally.by_phase[step.phase] += int(timings["prompt_n"])
+                tally.timings.append(dict(timings))
     finally:
         wire.close()
     return tally
 
 
-def _ideal(ctx: Context, generations: list[Generate]) -> Tally:
+def _ideal(url: str, generations: list[Generate]) -> Tally:
     """Prefilled and cached tokens if every prompt reused the longest prefix of any earlier
     prompt (unlimited cache, no restart): the floor for any caching scheme. llama-server always
     evaluates at least one token of a prompt."""
-    server = start_server(ctx, f"{NAME}-tokenize", n_slots=1, n_ctx=SLOT_CTX)
-    wire = Wire(server.url)
+    wire = Wire(url)
     try:
         seen: list[str] = []
         floor = Tally()
@@ -272,7 +282,6 @@ def _ideal(ctx: Context, generations: list[Generate]) -> Tally:
             seen.append(text)
     finally:
         wire.close()
-        server.stop()
     return floor
 
 
@@ -290,20 +299,55 @@ def _common_prefix(a: str, b: str) -> int:
 _EVENT = re.compile(r"\[([a-z-]+)\]")
 
 
+IDEAL = "ideal: 4 slots, no restart, unlimited RAM cache"
+POLICY = "kvtui proxy, cache-ram 512, RAM-aware policy"
+POLICY_ENV = {
+    "KVTUI_SKIP_RESTORE_WHEN_RAM_CACHED": "true",
+    "KVTUI_SAVE_ONLY_WHEN_PROTECTIVE": "true",
+}
+
+
+def policy_supported() -> bool:
+    """Whether kvtui's settings (so its router) know the RAM-aware policy yet."""
+    from kvtui.settings import Settings
+
+    return "skip_restore_when_ram_cached" in Settings.model_fields
+
+
 def _run_variant(ctx: Context, steps: list[Step], variant: str, rep: int) -> Tally:
     kvtui, cache_ram = variant.startswith("kvtui"), 512 if "cache-ram" in variant else 0
-    tag = f"{NAME}-{variant.replace(' ', '-').replace(',', '')}-{rep}"
-    server = start_server(ctx, tag, n_slots=2, n_ctx=2 * SLOT_CTX, cache_ram_mib=cache_ram)
+    slots, restarts = 2, True
+    if variant == IDEAL:
+        # 64 GiB: llama-server caps its memory at n_ctx tokens unless a MiB limit raises it.
+        slots, cache_ram, restarts = 4, 65536, False
+    tag = f"{NAME}-{re.sub(r'[^a-z0-9]+', '-', variant.lower()).strip('-')}-{rep}"
+    server = start_server(ctx, tag, n_slots=slots, n_ctx=slots * SLOT_CTX, cache_ram_mib=cache_ram)
     assert server.save_dir is not None
     st_dir = copy_sample(ctx.dir(tag) / "st-data")
     unmute_all(st_dir / "groups" / f"{GROUP_ID}.json")
-    proxy = start_proxy(ctx, tag, server.url, server.save_dir, st_dir) if kvtui else None
+    proxy = None
+    if kvtui:
+        saved = {k: os.environ.get(k) for k in POLICY_ENV}
+        if variant == POLICY:
+            os.environ.update(POLICY_ENV)
+        try:
+            proxy = start_proxy(ctx, tag, server.url, server.save_dir, st_dir)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     try:
-        tally = _replay(steps, proxy.url if proxy else server.url, server, st_dir)
+        tally = _replay(steps, proxy.url if proxy else server.url, server, st_dir, restarts)
     finally:
         if proxy is not None:
             proxy.stop()
         server.stop()
+    tally.save_dir = server.save_dir
+    if proxy is not None:
+        tally.state_dir = ctx.dir(f"{PROXY_NAME}-{tag.replace(' ', '-')}") / "state"
+        tally.proxy_log = proxy.log
     if proxy is not None and proxy.log is not None:
         log = proxy.log.read_text(errors="replace")
         tally.events.update(_EVENT.findall(log))
@@ -311,7 +355,7 @@ def _run_variant(ctx: Context, steps: list[Step], variant: str, rep: int) -> Tal
     return tally
 
 
-VARIANTS = ("kvtui proxy", "direct", "direct, cache-ram 512", "kvtui proxy, cache-ram 512")
+VARIANTS = ("kvtui proxy", "direct", "direct, cache-ram 512", "kvtui proxy, cache-ram 512", IDEAL)
 
 
 async def run(ctx: Context) -> None:
@@ -324,11 +368,22 @@ async def run(ctx: Context) -> None:
         "4 group members on 2 slots, a 1:1 chat and back, a server restart; "
         f"slot context {SLOT_CTX}, {N_PREDICT} tokens generated per request"
     )
-    floor = _ideal(ctx, generations)
+    tokenizer = start_server(ctx, f"{NAME}-tokenize", n_slots=1, n_ctx=SLOT_CTX)
+    try:
+        await _run(ctx, steps, generations, tokenizer.url)
+    finally:
+        tokenizer.stop()
+
+
+async def _run(
+    ctx: Context, steps: list[Step], generations: list[Generate], tokenize_url: str
+) -> None:
+    floor = _ideal(tokenize_url, generations)
+    variants = VARIANTS + ((POLICY,) if policy_supported() else ())
     reps = ctx.reps(2, 1)
-    runs: dict[str, list[Tally]] = {v: [] for v in VARIANTS}
+    runs: dict[str, list[Tally]] = {v: [] for v in variants}
     for rep in range(reps):
-        order = VARIANTS if rep % 2 == 0 else tuple(reversed(VARIANTS))
+        order = variants if rep % 2 == 0 else tuple(reversed(variants))
         for variant in order:
             runs[variant].append(_run_variant(ctx, steps, variant, rep))
             last = runs[variant][-1]
@@ -338,8 +393,8 @@ async def run(ctx: Context) -> None:
         f"prompt sizes: {min(sizes):,} to {max(sizes):,} tokens "
         f"(median {int(statistics.median(sizes)):,})"
     )
-    tallies = {v: runs[v][0] for v in VARIANTS}
-    for variant in VARIANTS:
+    tallies = {v: runs[v][0] for v in variants}
+    for variant in variants:
         counts = {t.prompt_n for t in runs[variant]}
         if len(counts) > 1:
             note(f"{variant}: prefilled tokens differed between runs: {sorted(counts)}")
@@ -395,3 +450,4 @@ async def run(ctx: Context) -> None:
             ram > kv,
         )
     )
+    await report_warmth(ctx, runs, script_turns(steps), tokenize_url, policy_supported())

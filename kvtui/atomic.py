@@ -14,6 +14,15 @@ import tempfile
 from pathlib import Path
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and its parents) if needed and make it ``0700``: kvtui's state
+    directory holds the user's prompts and the names of their characters."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(OSError):  # not ours to change (or a platform without modes)
+        os.chmod(path, 0o700)
+    return path
+
+
 def write_atomic(path: Path, data: bytes | str) -> Path:
     """Replace ``path`` with ``data`` atomically; returns ``path``."""
     payload = data.encode("utf-8") if isinstance(data, str) else data

@@ -166,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"State directory: {settings.state_dir}"
             )
             return EXIT_FAIL
+        if settings.save_dir is not None:  # this process keeps the book now: tidy up once
+            from kvtui.service import repair_save_dir
+            from kvtui.store import SaveStore
+
+            for note in repair_save_dir(SaveStore(settings.save_dir)):
+                warn(note)
     try:
         outcome = cmd.handler(settings, args)
         if isinstance(outcome, int):

@@ -2,15 +2,18 @@
 
 Each check names the exact problem and the exact fix: no server at the URL, the model still
 loading, ``/slots`` disabled, no ``--slot-save-path``, a save directory that is not the server's
-(proved by a probe save), one slot only, and slots that share one unified KV cache (idle slots are
+(proved by a probe save under a private name that is always removed), an unreadable save
+directory, one slot only, and slots that share one unified KV cache (idle slots are
 wiped when another starts — proved by a short test on two empty slots, never on a slot in use).
 """
 
 from __future__ import annotations
 
-import uuid
+import contextlib
+import os
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from kvtui.llama import (
     LlamaClient,
@@ -22,6 +25,8 @@ from kvtui.llama import (
 )
 from kvtui.llama.models import Props, SlotState
 from kvtui.settings import Settings
+from kvtui.store.names import private_name
+from kvtui.store.saving import PROBE
 
 START_HINT = (
     "llama-server -m MODEL.gguf -c CONTEXT -np SLOTS --no-kv-unified --slot-save-path DIR "
@@ -137,16 +142,47 @@ def _idle_slot(slots: list[SlotState]) -> SlotState | None:
     return idle[0] if idle else None
 
 
+def _dir_problem(save_dir: Path) -> str | None:
+    """Why kvtui cannot use ``save_dir`` (None when it can list and write it)."""
+    if not save_dir.exists():
+        return f"{save_dir} does not exist"
+    if not save_dir.is_dir():
+        return f"{save_dir} is not a directory"
+    try:
+        with os.scandir(save_dir) as it:
+            next(it, None)
+    except OSError as err:
+        return f"{save_dir} cannot be read ({err.strerror or err})"
+    if not os.access(save_dir, os.W_OK | os.X_OK):
+        return f"{save_dir} is not writable for kvtui (sidecars and renames need it)"
+    return None
+
+
 async def _probe_save_dir(settings: Settings, client: LlamaClient, slots: list[SlotState]) -> Check:
-    """Save an idle slot under a unique name and look for the file in the configured directory."""
+    """Save an idle slot under a private name and look for the file in the configured directory.
+
+    The probe file is private (``.kvtui-probe-*``: never listed or loaded) and removed in any
+    case; when kvtui does not know the directory, the store's repair removes it the next time
+    kvtui opens that directory.
+    """
+    save_dir = settings.save_dir
+    if save_dir is not None and (problem := _dir_problem(save_dir)) is not None:
+        return Check(
+            "save directory",
+            Status.FAIL,
+            f"The save directory is unusable: {problem}.",
+            "Fix its permissions, or give kvtui the server's --slot-save-path with --save-dir DIR.",
+        )
     slot = _idle_slot(slots)
     if slot is None:
         return Check(
             "save directory", Status.SKIP, "Every slot is busy; the probe save was not tried."
         )
-    name = f"kvtui-probe-{uuid.uuid4().hex[:12]}.bin"
+    name = private_name(PROBE)
+    probe = save_dir / name if save_dir is not None else None
     try:
         await client.save(slot.id, name)
+        found = probe is not None and probe.is_file()
     except SlotActionsDisabled:
         return Check(
             "save directory",
@@ -157,27 +193,29 @@ async def _probe_save_dir(settings: Settings, client: LlamaClient, slots: list[S
         )
     except LlamaError as err:
         return Check("save directory", Status.FAIL, f"The probe save failed: {err}", err.hint)
-    save_dir = settings.save_dir
+    finally:
+        if probe is not None:
+            with contextlib.suppress(OSError):
+                probe.unlink(missing_ok=True)
     if save_dir is None:
         return Check(
             "save directory",
             Status.WARN,
-            f"The server saves slots, but kvtui was given no save directory (the probe file "
-            f"{name} is left in the server's --slot-save-path).",
+            "The server saves slots, but kvtui was given no save directory, so it cannot list, "
+            f"check or rotate saves (the hidden probe file {name} is removed the next time kvtui "
+            "opens the server's directory).",
             "Pass the server's --slot-save-path directory with --save-dir DIR.",
         )
-    probe = save_dir / name
-    if not probe.exists():
+    if not found:
         return Check(
             "save directory",
             Status.FAIL,
             f"{save_dir} is not the server's --slot-save-path: a probe save ({name}) did not "
             "appear there.",
             f"Give kvtui the directory llama-server was started with (--slot-save-path), or "
-            f"restart llama-server with --slot-save-path {save_dir}. Delete {name} from the "
-            "server's directory.",
+            f"restart llama-server with --slot-save-path {save_dir}. The hidden file {name} in "
+            "the server's directory can be deleted.",
         )
-    probe.unlink(missing_ok=True)
     return Check(
         "save directory", Status.OK, f"{save_dir} is the server's --slot-save-path (probe saved)."
     )

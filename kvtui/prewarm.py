@@ -21,8 +21,7 @@ from enum import StrEnum
 
 from kvtui.events import Kind
 from kvtui.llama import LlamaError
-from kvtui.proxy.recorder import PromptRecorder
-from kvtui.service import KvService, ServiceError
+from kvtui.service import KvService, PromptRecorder, ServiceError
 from kvtui.sillytavern import Chat, Member, SillyTavernData, SillyTavernError, assemble_prompt
 from kvtui.slots import GenType
 
@@ -42,6 +41,8 @@ class PromptChoice:
     prompt: str | None
     source: str
     reason: str = ""
+    timeout: float | None = None
+    """This character's own limit in seconds (else the run's per-character timeout)."""
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,10 @@ async def prewarm(
             current.append(choice.character)
             emit()
             t0 = time.monotonic()
+            limit = choice.timeout if choice.timeout is not None else timeout
             try:
                 result = await asyncio.wait_for(
-                    _warm(service, chat, choice, in_flight, slot_of), timeout=timeout
+                    _warm(service, chat, choice, in_flight, slot_of), timeout=limit
                 )
             except TimeoutError:
                 # The request was cancelled; let the server drop it before the next one starts.
@@ -151,7 +153,7 @@ async def prewarm(
                     Outcome.FAILED,
                     seconds=time.monotonic() - t0,
                     source=choice.source,
-                    reason=f"timed out after {timeout:.0f} s",
+                    reason=f"timed out after {limit:.0f} s",
                 )
             except (ServiceError, LlamaError) as err:
                 result = CharacterResult(
@@ -211,9 +213,7 @@ async def _warm(
     in_flight.add(decision.slot)
     slot_of[choice.character] = decision.slot
     try:
-        completion = await service.client.completion(
-            choice.prompt, n_predict=1, id_slot=decision.slot, cache_prompt=True
-        )
+        completion = await service.complete(choice.prompt, slot=decision.slot)
         saved = await service.save_slot(decision.slot, autosave=True)
     finally:
         in_flight.discard(decision.slot)
@@ -238,10 +238,13 @@ async def _wait_idle(service: KvService, slot: int | None, limit: float = 30.0) 
         return
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
+        asked = time.monotonic()
         try:
-            states = await service.client.slots()
+            states = await service.slot_states()
         except LlamaError:
-            return
+            if time.monotonic() - asked < 1.0:
+                return  # refused at once: the server is gone
+            continue  # too busy to answer in time (a long prompt's batch): still working
         if not any(s.id == slot and s.is_processing for s in states):
             return
         await asyncio.sleep(0.05)

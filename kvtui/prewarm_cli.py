@@ -13,10 +13,8 @@ from typing import TextIO
 
 from kvtui.llama import LlamaError
 from kvtui.prewarm import Outcome, PlanError, Progress, plan_prewarm, prewarm
-from kvtui.proxy.recorder import PromptRecorder
 from kvtui.service import KvService, ServiceError
 from kvtui.settings import Settings
-from kvtui.sillytavern import SillyTavernData
 
 BAR_WIDTH = 24
 
@@ -59,10 +57,13 @@ class ProgressPrinter:
 
 
 async def run_prewarm_cli(settings: Settings, args: argparse.Namespace) -> int:
-    st_data = SillyTavernData(settings.st_dir) if settings.st_dir else None
-    recorder = PromptRecorder(settings.prompts_dir)
+    async with KvService(settings) as service:
+        return await _run(service, args)
+
+
+async def _run(service: KvService, args: argparse.Namespace) -> int:
     try:
-        plan = plan_prewarm(args.chat, st_data, recorder)
+        plan = plan_prewarm(args.chat, service.st_data, service.recorder)
     except PlanError as err:
         print(f"kvtui: {err}", file=sys.stderr)
         return 2
@@ -83,16 +84,15 @@ async def run_prewarm_cli(settings: Settings, args: argparse.Namespace) -> int:
         chosen = plan.default_selection()
     out = sys.stderr if args.json else sys.stdout
     print(f"Prewarming {len(chosen)} of {plan.display_name}: {', '.join(chosen)}", file=out)
-    async with KvService(settings) as service:
-        service.current_chat = plan.chat
-        try:
-            await service.connect()
-            report = await prewarm(
-                service, plan.chat, plan.selected(chosen), on_progress=ProgressPrinter(out)
-            )
-        except (ServiceError, LlamaError) as err:
-            print(f"kvtui: {err}", file=sys.stderr)
-            return 1
+    service.set_current_chat(plan.chat)
+    try:
+        await service.connect()
+        report = await prewarm(
+            service, plan.chat, plan.selected(chosen), on_progress=ProgressPrinter(out)
+        )
+    except (ServiceError, LlamaError) as err:
+        print(f"kvtui: {err}", file=sys.stderr)
+        return 1
     if args.json:
         print(
             json.dumps(

@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from kvtui.atomic import write_atomic
+from kvtui.errors import KvtuiError
 
 CONFIG_ENV = "KVTUI_CONFIG"
 
@@ -95,6 +96,26 @@ class Settings(BaseSettings):
 
     proxy_listen: str = "127.0.0.1:8081"
     """Address the proxy listens on (point SillyTavern's llama.cpp API URL here)."""
+
+    allowed_origins: list[str] = Field(
+        default_factory=lambda: [
+            "http://localhost:8000",
+            "http://127.0.0.1:8000",
+            "http://[::1]:8000",
+        ]
+    )
+    """Web pages (origins) that may use the proxy from a browser: SillyTavern's page for the
+    companion extension. Requests from SillyTavern's server carry no origin and always work."""
+
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host names (besides loopback names and IP addresses) under which clients reach the proxy."""
+
+    max_body_mb: float = Field(default=32.0, gt=0, le=4096)
+    """Largest request body the proxy accepts, in MiB (a 128k-token prompt is a few MiB)."""
+
+    allow_insecure_listen: bool = False
+    """Let the proxy listen on a non-loopback address without an API key (anyone on the network
+    could then drive the slots)."""
 
     poll_interval: float = Field(default=1.0, ge=0.1, le=60)
     """Seconds between polls of the server's /slots."""
@@ -194,7 +215,7 @@ class _TomlSource(PydanticBaseSettingsSource):
         return data
 
 
-class ConfigError(ValueError):
+class ConfigError(KvtuiError, ValueError):
     """The config file cannot be read."""
 
 
@@ -279,6 +300,10 @@ LABELS: dict[str, str] = {
     "prewarm_concurrency": "Characters warmed at once",
     "proxy_enabled": "Routing proxy",
     "proxy_listen": "Proxy address",
+    "allowed_origins": "Web pages allowed to use the proxy",
+    "allowed_hosts": "Host names of the proxy",
+    "max_body_mb": "Largest request (MiB)",
+    "allow_insecure_listen": "Listen on the network without an API key",
     "poll_interval": "Poll interval (seconds)",
     "min_save_tokens": "Smallest valid save (tokens)",
     "min_save_bytes": "Smallest valid save (bytes)",

@@ -4,55 +4,66 @@ The dashboard and ``kvtui proxy`` keep the slot book in memory and write it back
 A headless command that changed slots beside them would be overwritten by their next write (or
 overwrite theirs), so the long-running process holds this lock and the headless commands that
 change slots refuse, naming the process that holds it. Reading commands need no lock.
+
+The lock is ``filelock``'s (``flock`` on POSIX, ``msvcrt`` on Windows), so the dashboard starts
+on every platform SillyTavern users run. The holder's name is kept in a file beside the lock
+(a locked file cannot be read on Windows). Both files are ``0600`` and the state directory
+``0700``: they name the user's processes, and the directory holds the user's prompts.
 """
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import os
 from pathlib import Path
-from typing import TextIO
+
+from filelock import FileLock, Timeout
+
+from kvtui.atomic import private_dir, write_atomic
 
 
 class StateLock:
-    """An advisory ``flock`` on ``state_dir/kvtui.lock``, released when the process ends."""
+    """An advisory lock on ``state_dir/kvtui.lock``, released when the process ends."""
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "kvtui.lock"
-        self._file: TextIO | None = None
+        self.owner_path = state_dir / "kvtui.lock.owner"
+        self._lock: FileLock | None = None
 
     def acquire(self, owner: str) -> bool:
         """Take the lock for ``owner`` (e.g. "dashboard"); False when another process has it."""
-        if self._file is not None:
+        if self._lock is not None:
             return True
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held while locked
+            private_dir(self.path.parent)
         except OSError:
             # No usable state directory: nobody else can hold a lock in it either, and the
             # slot book's own writes report the problem.
             return True
+        lock = FileLock(self.path, timeout=0, mode=0o600, thread_local=False)
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
+            lock.acquire()
+        except Timeout:
             return False
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()} {owner}\n")
-        fh.flush()
-        self._file = fh
+        except OSError:
+            return True  # the directory refuses files: as above
+        with contextlib.suppress(OSError):
+            os.chmod(self.path, 0o600)
+        with contextlib.suppress(OSError):
+            write_atomic(self.owner_path, f"{os.getpid()} {owner}\n")
+        self._lock = lock
         return True
 
     def holder(self) -> str:
         """Who holds the lock, as written by its holder ("PID what")."""
         try:
-            return self.path.read_text(encoding="utf-8").strip() or "another kvtui"
+            return self.owner_path.read_text(encoding="utf-8").strip() or "another kvtui"
         except OSError:
             return "another kvtui"
 
     def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                self.owner_path.unlink()
+            self._lock.release()
+            self._lock = None

@@ -20,7 +20,7 @@ import pytest
 from kvtui.embedded.server import EmbeddedServer
 from kvtui.events import Kind
 from kvtui.service import KvService
-from kvtui.sillytavern import SillyTavernData, copy_sample
+from kvtui.sillytavern import copy_sample
 from kvtui.sillytavern.sample import GROUP_CHAT_ID, SOLO_CHAT_ID
 from tests.test_proxy import (
     USER,
@@ -80,10 +80,9 @@ async def wait_for(condition: object, seconds: float = 10.0) -> None:
 @asynccontextmanager
 async def watching(harness: Harness) -> AsyncIterator[None]:
     """The proxy's chat-switch watcher running, as ``kvtui proxy`` runs it."""
-    watcher = harness.proxy.watcher
-    assert watcher is not None
+    assert harness.service.follows_chats
     stop = asyncio.Event()
-    task = asyncio.create_task(watcher.run(stop))
+    task = asyncio.create_task(harness.service.follow_chats(stop))
     try:
         await wait_for(lambda: harness.service.current_chat is not None)
         yield
@@ -105,8 +104,7 @@ async def test_chat_switch_saves_clears_and_places(
     clean_server: EmbeddedServer, tmp_path: Path, st_dir: Path
 ) -> None:
     settings = make_settings(clean_server, tmp_path, st_dir=st_dir, autosave_every=100)
-    st_data = SillyTavernData(st_dir)
-    async with running_proxy(settings, st_data) as h, watching(h):
+    async with running_proxy(settings) as h, watching(h):
         service = h.service
         # At start kvtui adopts SillyTavern's active chat (the group) without erasing anything.
         assert service.current_chat == GROUP_CHAT_ID
@@ -161,7 +159,7 @@ async def test_switch_disabled_only_changes_the_current_chat(
     settings = make_settings(
         clean_server, tmp_path, st_dir=st_dir, clear_on_chat_switch=False, autosave_every=100
     )
-    async with running_proxy(settings, SillyTavernData(st_dir)) as h, watching(h):
+    async with running_proxy(settings) as h, watching(h):
         lines = [(USER, "Hello!")]
         await h.complete(st_body(st_prompt("Kael", lines), group_stop("Kael", MEMBERS)))
         slot = h.service.book.find(GROUP_CHAT_ID, "Kael")

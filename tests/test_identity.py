@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from kvtui.proxy.identity import (
     FINGERPRINT_CHARS,
     UNKNOWN_CHAT,
+    Clue,
     IdentitySource,
     fingerprint,
     infer_identity,
@@ -87,7 +88,7 @@ def test_headers_are_case_insensitive_and_percent_decoded() -> None:
 def test_an_explicit_chat_alone_keeps_the_inferred_character() -> None:
     identity, forwarded = infer_identity(body(STORY + CHAT + "\nSeraphina:", kvtui={"chat": "c"}))
     assert (identity.chat, identity.character) == ("c", "Seraphina")
-    assert identity.source is IdentitySource.PROMPT_TAIL
+    assert identity.clue is Clue.PROMPT_TAIL
     assert "kvtui" not in forwarded
 
 
@@ -105,10 +106,10 @@ def test_an_explicit_chat_alone_keeps_the_inferred_character() -> None:
 )
 def test_the_prompt_tail_names_the_character(tail: str) -> None:
     identity, _ = infer_identity(body(STORY + CHAT + tail), current_chat="Seraphina - 2026")
-    assert (identity.chat, identity.character, identity.source) == (
+    assert (identity.chat, identity.character, identity.clue) == (
         "Seraphina - 2026",
         "Seraphina",
-        IdentitySource.PROMPT_TAIL,
+        Clue.PROMPT_TAIL,
     )
 
 
@@ -117,32 +118,32 @@ def test_in_a_group_the_speaker_is_missing_from_stop() -> None:
     prompt = STORY + CHAT + "<|im_end|>\n<|im_start|>assistant\n"
     stop = ["\nAlex:", "\nSeraphina:", "\nLyra:", "<|im_end|>"]
     identity, _ = infer_identity(body(prompt, stop), members=MEMBERS)
-    assert (identity.character, identity.source) == ("Brom", IdentitySource.STOP_STRINGS)
+    assert (identity.character, identity.clue) == ("Brom", Clue.STOP_STRINGS)
 
 
 def test_in_a_group_a_tail_naming_a_member_wins() -> None:
     stop = ["\nAlex:", "\nBrom:", "\nLyra:"]
     identity, _ = infer_identity(body(STORY + CHAT + "\nLyra:", stop), members=MEMBERS)
-    assert (identity.character, identity.source) == ("Lyra", IdentitySource.PROMPT_TAIL)
+    assert (identity.character, identity.clue) == ("Lyra", Clue.PROMPT_TAIL)
 
 
 def test_a_one_character_chat_names_its_character_even_on_impersonate() -> None:
     impersonate = body(STORY + CHAT + "\nSeraphina: Rest.\nAlex:", ["\nSeraphina:"])
     identity, _ = infer_identity(impersonate, members=["Seraphina"])
-    assert (identity.character, identity.source) == ("Seraphina", IdentitySource.CHAT_MEMBER)
+    assert (identity.character, identity.clue) == ("Seraphina", Clue.CHAT_MEMBER)
 
 
 def test_impersonate_with_known_user_names() -> None:
     impersonate = body(STORY + CHAT + "\nSeraphina: Rest.\nAlex:", ["\nSeraphina:"])
     identity, _ = infer_identity(impersonate, user_names={"Alex"})
-    assert (identity.character, identity.source) == ("Seraphina", IdentitySource.STOP_STRINGS)
+    assert (identity.character, identity.clue) == ("Seraphina", Clue.STOP_STRINGS)
 
 
 def test_group_impersonate_falls_back_to_the_last_member_who_spoke() -> None:
     prompt = STORY + CHAT + "\nBrom: Hmph.\nLyra: *strums*\nAlex:"
     stop = ["\nSeraphina:", "\nBrom:", "\nLyra:"]
     identity, _ = infer_identity(body(prompt, stop), members=MEMBERS, user_names=["Alex"])
-    assert (identity.character, identity.source) == ("Lyra", IdentitySource.LAST_SPEAKER)
+    assert (identity.character, identity.clue) == ("Lyra", Clue.LAST_SPEAKER)
 
 
 @pytest.mark.parametrize(
@@ -155,7 +156,7 @@ def test_group_impersonate_falls_back_to_the_last_member_who_spoke() -> None:
 def test_a_quiet_prompt_goes_to_the_last_character_who_spoke(ending: str) -> None:
     prompt = STORY + CHAT + "\nSeraphina: You are safe here." + ending
     identity, _ = infer_identity(body(prompt))
-    assert (identity.character, identity.source) == ("Seraphina", IdentitySource.LAST_SPEAKER)
+    assert (identity.character, identity.clue) == ("Seraphina", Clue.LAST_SPEAKER)
 
 
 def test_last_speaker_skips_labels_and_unmentioned_names() -> None:
@@ -183,7 +184,7 @@ def test_token_id_prompts() -> None:
     identity, _ = infer_identity({"prompt": ids})
     assert (identity.character, identity.source) == (fingerprint(ids), IdentitySource.FINGERPRINT)
     identity, _ = infer_identity({"prompt": ids}, members=["Seraphina"])
-    assert (identity.character, identity.source) == ("Seraphina", IdentitySource.CHAT_MEMBER)
+    assert (identity.character, identity.clue) == ("Seraphina", Clue.CHAT_MEMBER)
 
 
 # -- chat completions --------------------------------------------------------------------
@@ -196,7 +197,7 @@ def test_chat_completions_use_the_assistant_name() -> None:
         {"role": "user", "content": "Hi!"},
     ]
     identity, _ = infer_identity({"messages": messages})
-    assert (identity.character, identity.source) == ("Seraphina", IdentitySource.MESSAGES)
+    assert (identity.character, identity.clue) == ("Seraphina", Clue.MESSAGES)
     prefixed = [messages[0], {"role": "assistant", "content": "Brom: Hmph."}, messages[2]]
     identity, _ = infer_identity({"messages": prefixed})
     assert identity.character == "Brom"
@@ -209,7 +210,7 @@ def test_chat_completions_in_a_group_use_stop_strings() -> None:
     messages = [{"role": "system", "content": STORY}, {"role": "user", "content": "Hi all"}]
     stop = ["\nAlex:", "\nSeraphina:", "\nBrom:"]
     identity, _ = infer_identity({"messages": messages, "stop": stop}, members=MEMBERS)
-    assert (identity.character, identity.source) == ("Lyra", IdentitySource.STOP_STRINGS)
+    assert (identity.character, identity.clue) == ("Lyra", Clue.STOP_STRINGS)
 
 
 def test_chat_completions_fingerprint_depends_on_the_first_messages() -> None:

@@ -24,11 +24,9 @@ import httpx
 import pytest
 
 from kvtui.embedded.server import EmbeddedServer, free_port
-from kvtui.proxy.recorder import PromptRecorder
 from kvtui.proxy.run import ProxyServer, ProxyStartError, bind_socket
-from kvtui.service import KvService
+from kvtui.service import KvService, PromptRecorder
 from kvtui.settings import Settings
-from kvtui.sillytavern import SillyTavernData
 
 USER = "Alex"
 
@@ -152,12 +150,10 @@ def isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @asynccontextmanager
-async def running_proxy(
-    settings: Settings, st_data: SillyTavernData | None = None
-) -> AsyncIterator[Harness]:
+async def running_proxy(settings: Settings) -> AsyncIterator[Harness]:
     """The proxy on a free loopback port in the test's event loop, with a client for it."""
     service = KvService(settings)
-    proxy = ProxyServer(service, settings, st_data, host="127.0.0.1", port=0)
+    proxy = ProxyServer(service, host="127.0.0.1", port=0)
     await proxy.start()
     client = httpx.AsyncClient(base_url=proxy.url, timeout=120)
     try:
@@ -179,7 +175,7 @@ async def test_stream_passes_through_byte_for_byte(
     body.update(stream=True, n_predict=24, ignore_eos=True)
     async with running_proxy(make_settings(clean_server, tmp_path)) as h:
         service, client = h.service, h.client
-        service.current_chat = "solo"
+        service.set_current_chat("solo")
         async with client.stream("POST", "/completion", json=body) as resp:
             assert resp.headers["content-type"] == "text/event-stream"
             via_proxy = b"".join([chunk async for chunk in resp.aiter_raw()])
@@ -211,7 +207,7 @@ async def test_cancelling_a_stream_frees_the_slot(
     body.update(ignore_eos=True, n_probs=100)
     async with running_proxy(make_settings(clean_server, tmp_path)) as h:
         service, client = h.service, h.client
-        service.current_chat = "solo"
+        service.set_current_chat("solo")
         async with client.stream("POST", "/completion", json=body) as resp:
             seen = 0
             async for _chunk in resp.aiter_raw():
@@ -276,7 +272,7 @@ async def test_unreachable_server_is_a_502_and_the_proxy_keeps_running(
     settings = make_settings(clean_server, tmp_path).model_copy(update={"server_url": dead})
     async with running_proxy(settings) as h:
         proxy, service, client = h.proxy, h.service, h.client
-        service.current_chat = "solo"
+        service.set_current_chat("solo")
         for _ in range(2):
             resp = await client.post("/completion", json=st_body("Hi\nSeraphina:", []))
             assert resp.status_code == 502
@@ -315,7 +311,7 @@ async def test_port_in_use_is_a_clear_error(clean_server: EmbeddedServer, tmp_pa
         service = KvService(settings)
         try:
             with pytest.raises(ProxyStartError, match=f"Port {port} .* already in use"):
-                await ProxyServer(service, settings).start()
+                await ProxyServer(service).start()
         finally:
             await service.aclose()
     finally:
@@ -435,12 +431,18 @@ async def test_api_key_is_forwarded_or_replaced(tmp_path: Path) -> None:
             assert (await h.client.get("/slots")).status_code == 401
             auth = {"Authorization": "Bearer sekrit"}
             assert (await h.client.get("/slots", headers=auth)).status_code == 200
-        # With settings.api_key, kvtui supplies it (and replaces a wrong one).
+        # With settings.api_key, clients must present it: anonymous ones are not upgraded.
         keyed = base.model_copy(update={"api_key": "sekrit"})
         async with running_proxy(keyed) as h:
-            assert (await h.client.get("/slots")).status_code == 200
+            refused = await h.client.get("/slots")
+            assert refused.status_code == 401 and "API key" in refused.json()["error"]["message"]
             wrong = {"Authorization": "Bearer nope"}
-            assert (await h.client.get("/slots", headers=wrong)).status_code == 200
+            assert (await h.client.get("/slots", headers=wrong)).status_code == 401
+            assert (await h.client.get("/slots", headers=auth)).status_code == 200
+            assert (
+                await h.client.get("/slots", headers={"X-Api-Key": "sekrit"})
+            ).status_code == 200
+            assert (await h.client.get("/health")).status_code == 200
     finally:
         await asyncio.to_thread(server.stop)
 

@@ -17,7 +17,7 @@ import pytest
 
 from kvtui.embedded.server import EmbeddedServer
 from kvtui.events import Kind
-from kvtui.service import KvService, SaveOutcome
+from kvtui.service import KvService
 from tests.conftest import reset_server
 from tests.test_proxy import (
     USER,
@@ -91,7 +91,7 @@ async def test_group_with_more_members_than_slots(
     settings = make_settings(two_slots, tmp_path, autosave_every=100)
     async with running_proxy(settings) as h:
         service = h.service
-        service.current_chat = GROUP_CHAT
+        service.set_current_chat(GROUP_CHAT)
         chat = GroupChat(h, MEMBERS)
 
         first = await chat.speak("Seraphina")
@@ -134,12 +134,13 @@ async def test_autosave_every_message_keeps_the_newest_three(
     settings = make_settings(clean_server, tmp_path, autosave_every=1, max_autosaves=3)
     async with running_proxy(settings) as h:
         service = h.service
-        service.current_chat = "Seraphina - 2026-05-03@18h45m46s123ms"
+        chat_id = "Seraphina - 2026-05-03@18h45m46s123ms"
+        service.set_current_chat(chat_id)
         chat = GroupChat(h, ["Seraphina"])
         autosaves: list[str] = []
         await chat.speak("Seraphina")
         autosaves += save_files(clean_server, "Seraphina")
-        slot = service.book.find(service.current_chat, "Seraphina")
+        slot = service.book.find(chat_id, "Seraphina")
         assert slot is not None and len(autosaves) == 1, service.events.recent()
         tagged = await service.save_slot(slot, tag="важный момент")
         for turn in range(3):
@@ -161,7 +162,8 @@ async def test_swipes_regenerations_and_continues_are_not_new_messages(
     settings = make_settings(clean_server, tmp_path, autosave_every=100)
     async with running_proxy(settings) as h:
         service = h.service
-        service.current_chat = chat_id = "Seraphina - 2026-05-03@18h45m46s123ms"
+        chat_id = "Seraphina - 2026-05-03@18h45m46s123ms"
+        service.set_current_chat(chat_id)
         chat = GroupChat(h, ["Seraphina"])
         await chat.speak("Seraphina")
         slot = service.book.find(chat_id, "Seraphina")
@@ -202,10 +204,10 @@ async def test_after_a_server_restart_each_character_restores_its_latest_save(
     settings = make_settings(two_slots, tmp_path, autosave_every=100)
     async with running_proxy(settings) as h:
         service = h.service
-        service.current_chat = GROUP_CHAT
+        service.set_current_chat(GROUP_CHAT)
         chat = GroupChat(h, MEMBERS[:2])
         before = {m: await chat.speak(m) for m in MEMBERS[:2]}
-        saved = [o.character for o in await service.save_all() if isinstance(o, SaveOutcome)]
+        saved = [o.character for o in (await service.save_all()).done]
         assert sorted(saved) == ["Kael", "Seraphina"]
 
         await asyncio.to_thread(two_slots.restart)
@@ -226,21 +228,26 @@ async def test_a_failed_restore_is_logged_and_the_request_goes_through(
     settings = make_settings(clean_server, tmp_path, autosave_every=100)
     async with running_proxy(settings) as h:
         service = h.service
-        service.current_chat = GROUP_CHAT
+        service.set_current_chat(GROUP_CHAT)
         chat = GroupChat(h, ["Kael"])
         await chat.speak("Kael")
         slot = service.book.find(GROUP_CHAT, "Kael")
         assert slot is not None
         saved = await service.save_slot(slot)
         await service.erase(slot)
-        # The save file is damaged on disk: llama-server refuses to restore it.
+        # The save file is damaged on disk: kvtui passes it over (and says so), never sends it.
         assert clean_server.save_dir is not None
         (clean_server.save_dir / saved.filename).write_bytes(b"\0" * 4096)
         chat.user_says("Kael, are you there?")
         result = await chat.speak("Kael")
         assert result["id_slot"] == service.book.find(GROUP_CHAT, "Kael")
         assert result["timings"]["cache_n"] == 0
-        assert any("Could not restore Kael" in m for m in events(service, Kind.AUTOLOAD))
+        assert any(
+            ("Not restoring Kael" in m or "Could not restore Kael" in m) and saved.filename in m
+            for m in events(service, Kind.AUTOLOAD)
+        )
+        assert service.store is not None
+        assert [e.filename for e in service.store.damaged()] == [saved.filename]
 
 
 async def test_prompts_are_recorded_and_a_swipe_after_a_kvtui_restart_is_still_a_swipe(
@@ -249,18 +256,18 @@ async def test_prompts_are_recorded_and_a_swipe_after_a_kvtui_restart_is_still_a
     settings = make_settings(clean_server, tmp_path, autosave_every=100)
     chat_id = "Seraphina - 2026-05-03@18h45m46s123ms"
     async with running_proxy(settings) as h:
-        h.service.current_chat = chat_id
+        h.service.set_current_chat(chat_id)
         chat = GroupChat(h, ["Seraphina"])
         body = chat.body("Seraphina")
         await h.complete(body)
-        recorded = h.proxy.recorder.last_request(chat_id, "Seraphina")
+        recorded = h.service.recorder.last_request(chat_id, "Seraphina")
         assert recorded is not None and recorded.prompt == body["prompt"]
         assert "id_slot" not in recorded.body and recorded.body["stop"] == body["stop"]
         slot = h.service.book.find(chat_id, "Seraphina")
         assert slot is not None
     # kvtui restarts (its slot book and recorded prompts persist); the user swipes.
     async with running_proxy(settings) as h:
-        h.service.current_chat = chat_id
+        h.service.set_current_chat(chat_id)
         assert h.service.book.find(chat_id, "Seraphina") == slot
         result = await h.complete(body)
         assert result["id_slot"] == slot

@@ -1,13 +1,27 @@
-"""KvService across restarts: of kvtui, of llama-server, and of both."""
+"""KvService across restarts (of kvtui, of llama-server, of both), its errors, and its lock."""
 
 from __future__ import annotations
 
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
-from kvtui.embedded.server import EmbeddedServer
-from kvtui.service import KvService
-from kvtui.settings import Settings, load_settings
-from kvtui.slots import GenType
+import pytest
+
+import kvtui.errors
+from kvtui.embedded.server import EmbeddedServer, EmbeddedServerError
+from kvtui.errors import KvtuiError
+from kvtui.llama import LlamaError, ServerUnreachable
+from kvtui.proxy.run import ProxyStartError
+from kvtui.service import KvService, ServiceError
+from kvtui.settings import ConfigError, Settings, load_settings
+from kvtui.sillytavern import SillyTavernError
+from kvtui.sillytavern.cards import CardError
+from kvtui.sillytavern.png import PngError
+from kvtui.slots import GenType, SlotBookError
+from kvtui.statelock import StateLock
+from kvtui.store.names import InvalidSaveName
 
 PROMPT = "Story.\n***\nAlex: Hello, Seraphina!\nSeraphina:"
 
@@ -58,28 +72,44 @@ async def test_server_restart_while_kvtui_was_down_restores(tmp_path: Path) -> N
             assert result.timings.cache_n >= n_saved - 1
 
 
-async def test_a_failed_restore_frees_the_slot_in_the_book(
+async def test_an_invalid_save_is_refused_and_the_slot_keeps_its_cache(
     clean_server: EmbeddedServer, tmp_path: Path
 ) -> None:
-    """The server clears a slot whose restore failed; the book must not claim it is still full."""
+    """A file that is not a whole slot save is never sent: llama-server would wipe the slot."""
     import pytest
 
-    from kvtui.llama import RestoreFailed
+    from kvtui.service import ServiceError
 
     settings = settings_for(clean_server, tmp_path)
     async with KvService(settings) as service:
         await service.refresh()
         await fill_and_save(service)
         store = service.require_store()
-        name = store.new_filename("chat", "Kael")
-        (store.directory / name).write_bytes(b"not a slot save")
-        store.rescan()
         slot = service.book.find("chat", "Seraphina")
         assert slot is not None
-        with pytest.raises(RestoreFailed):
-            await service.load(name, slot)
-        assert service.book.record(slot).character is None
-        assert service.book.find("chat", "Kael") is None
+        before = {s.id: s.n_prompt_tokens for s in await service.client.slots()}[slot]
+        assert before
+        good = store.latest("chat", "Seraphina")
+        assert good is not None
+        truncated = store.new_filename("chat", "Seraphina")
+        data = (store.directory / good.filename).read_bytes()
+        for name, content in (
+            (store.new_filename("chat", "Kael"), b"not a slot save"),
+            (truncated, data[: len(data) // 2]),
+        ):
+            (store.directory / name).write_bytes(content)
+            if name == truncated:  # kvtui's own save, cut short on disk after its sidecar
+                sidecar = (store.directory / f"{good.filename}.json").read_bytes()
+                (store.directory / f"{name}.json").write_bytes(sidecar)
+            store.rescan()
+            with pytest.raises(ServiceError, match="keeps its cache|cannot be loaded"):
+                await service.load(name, slot)
+            assert service.book.find("chat", "Seraphina") == slot
+            after = {s.id: s.n_prompt_tokens for s in await service.client.slots()}[slot]
+            assert after == before
+        # The truncated newest file never wins over the good one.
+        latest = store.latest("chat", "Seraphina")
+        assert latest is not None and latest.filename == good.filename
 
 
 def test_a_save_the_server_could_not_write_is_not_a_save() -> None:
@@ -105,3 +135,60 @@ async def test_assigning_over_a_used_character_saves_it_first(
         latest = store.latest("chat", "Seraphina")
         assert latest is not None and latest.n_saved
         assert service.book.find("chat", "Kael") == decision.slot
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        LlamaError,
+        ServiceError,
+        SlotBookError,
+        InvalidSaveName,
+        SillyTavernError,
+        CardError,
+        PngError,
+        ConfigError,
+        ProxyStartError,
+        EmbeddedServerError,
+    ],
+)
+def test_every_expected_failure_has_one_root_with_a_hint(error: type[Exception]) -> None:
+    assert issubclass(error, KvtuiError)
+
+
+def test_an_error_says_what_happened_and_what_to_do() -> None:
+    err = ServerUnreachable("No answer from http://127.0.0.1:1.")
+    assert err.message == "No answer from http://127.0.0.1:1."
+    assert "--server URL" in err.hint and str(err) == f"{err.message} {err.hint}"
+    plain = ServiceError("Slot 9 does not exist.")
+    assert str(plain) == "Slot 9 does not exist." and plain.hint == ""
+    assert kvtui.errors.KvtuiError("x", "Do y.").__str__() == "x Do y."
+
+
+def test_the_state_lock_is_private_and_names_its_holder(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    lock = StateLock(state)
+    assert lock.acquire("dashboard")
+    try:
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        assert stat.S_IMODE(lock.path.stat().st_mode) == 0o600
+        other = (
+            "import sys\n"
+            "from pathlib import Path\n"
+            "from kvtui.statelock import StateLock\n"
+            f"lock = StateLock(Path({str(state)!r}))\n"
+            "print(lock.acquire('headless'), lock.holder())\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", other],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        refused, holder = out.stdout.split(maxsplit=1)
+        assert refused == "False" and holder.strip().endswith("dashboard")
+    finally:
+        lock.release()
+    again = StateLock(state)
+    assert again.acquire("proxy")
+    again.release()

@@ -81,6 +81,29 @@ def test_an_evicted_character_never_used_is_not_saved_first() -> None:
     assert not allocation.save_first
 
 
+def test_replacing_by_hand_follows_the_same_save_first_rule() -> None:
+    book = full_book()
+    book.count_generation(1, GenType.NORMAL)
+    assert Allocation.replacing(book.record(1)).save_first
+    assert not Allocation.replacing(book.record(0)).save_first  # never used
+    book.release(2)
+    free = Allocation.replacing(book.record(2))
+    assert free.evicted is None and not free.save_first
+
+
+def test_put_back_undoes_a_takeover_with_its_counters() -> None:
+    book = full_book()
+    for _ in range(2):
+        book.count_generation(0, GenType.NORMAL)
+    book.count_message(0)
+    before = book.record(0)
+    book.assign(0, "chat", "D")
+    assert book.record(0).character == "D"
+    book.put_back(before)
+    assert book.record(0) == before and book.record(0).usage == 2
+    assert book.find("chat", "D") is None
+
+
 def test_eviction_ties_go_to_the_slot_idle_longest() -> None:
     book = full_book()
     for slot in (2, 0, 1):  # each used once; slot 2 longest ago

@@ -20,6 +20,7 @@ from kvtui.store import (
     format_save_name,
     is_valid_save,
 )
+from tests.slotfiles import slot_bytes
 
 T0 = datetime(2025, 11, 17, 12, 0, 0, tzinfo=UTC)
 
@@ -35,7 +36,7 @@ def save(
 ) -> str:
     """A save as the service makes one: name, the server writes the file, then the sidecar."""
     name = store.new_filename(chat, character, tag=tag, when=when)
-    (store.directory / name).write_bytes(b"kv" * 64)
+    (store.directory / name).write_bytes(slot_bytes(42))
     if meta:
         store.write_meta(name, SaveMeta(chat=chat, character=character, tag=tag, n_saved=42))
     return name
@@ -45,7 +46,7 @@ def test_new_filename_never_reuses_a_name(tmp_path: Path) -> None:
     store = SaveStore(tmp_path)
     first = store.new_filename("Forest Party", "Alice", when=T0)
     second = store.new_filename("Forest Party", "Alice", when=T0)  # reserved, not yet written
-    (tmp_path / second).write_bytes(b"x")
+    (tmp_path / second).write_bytes(slot_bytes())
     third = SaveStore(tmp_path).new_filename(
         "Forest Party", "Alice", when=T0 + timedelta(seconds=1)
     )
@@ -76,7 +77,7 @@ def test_sidecar_round_trip_keeps_raw_names(tmp_path: Path) -> None:
         saved_at=T0,
     )
     name = store.new_filename(meta.chat, meta.character, tag=meta.tag, when=T0)
-    (tmp_path / name).write_bytes(b"x" * 10)
+    (tmp_path / name).write_bytes(slot_bytes(321, 4096))
     store.write_meta(name, meta)
     assert store.read_meta(name) == meta
     assert json.loads((tmp_path / (name + ".json")).read_text())["character"] == "Серафина"
@@ -84,7 +85,7 @@ def test_sidecar_round_trip_keeps_raw_names(tmp_path: Path) -> None:
     [entry] = store.entries()
     assert (entry.chat, entry.character, entry.tag) == ("Forest Party", "Серафина", "важный момент")
     assert (entry.chat_key, entry.character_key) == ("Forest_Party", "Серафина")
-    assert entry.n_saved == 321 and entry.size == 10 and entry.timestamp == T0
+    assert entry.n_saved == 321 and entry.size == 4096 and entry.timestamp == T0
     assert entry.meta == meta and entry.slot == 2
 
 
@@ -98,7 +99,7 @@ def test_entries_without_sidecars_use_the_name(tmp_path: Path) -> None:
         "Alice",
         None,
     )
-    assert entry.n_saved is None and entry.meta is None and not entry.legacy
+    assert entry.n_saved == 42 and entry.meta is None and not entry.legacy  # from the header
 
 
 def test_bad_or_foreign_sidecars_are_ignored(tmp_path: Path) -> None:
@@ -108,7 +109,9 @@ def test_bad_or_foreign_sidecars_are_ignored(tmp_path: Path) -> None:
     other = save(store, "c", "Bob", T0, meta=False)
     (tmp_path / (other + ".json")).write_text(json.dumps({"chat": "x", "character": "Eve"}))
     (tmp_path / "orphan.bin.json").write_text(json.dumps({"chat": "x", "character": "Eve"}))
-    (tmp_path / "manual.bin").write_bytes(b"x")  # not a save name, but a hand-written sidecar
+    (tmp_path / "manual.bin").write_bytes(
+        slot_bytes()
+    )  # not a save name, but a hand-written sidecar
     (tmp_path / "manual.bin.json").write_text(
         json.dumps({"chat": "c", "character": "Zoe", "saved_at": "2020-01-01T00:00:00"})
     )
@@ -131,7 +134,7 @@ def test_extension_and_unknown_files_are_listed_not_misparsed(tmp_path: Path) ->
         ".kvtui-123.tmp",
         ".hidden.bin",
     ]:
-        (tmp_path / name).write_bytes(b"x")
+        (tmp_path / name).write_bytes(slot_bytes())
     (tmp_path / "subdir.bin").mkdir()
     store = SaveStore(tmp_path)
     by_name = {e.filename: e for e in store.entries()}
@@ -216,7 +219,7 @@ def test_rotation_never_deletes_the_save_just_written(tmp_path: Path) -> None:
         format_save_name("c", "Alice", T0 + timedelta(hours=3, minutes=i), None) for i in range(3)
     ]
     for name in future:
-        (tmp_path / name).write_bytes(b"x")
+        (tmp_path / name).write_bytes(slot_bytes())
     just_written = save(store, "c", "Alice", T0)
     deleted = store.rotate("c", "Alice", keep=2)
     assert just_written not in deleted and (tmp_path / just_written).exists()
@@ -230,7 +233,7 @@ def test_latest_matches_exact_names_and_counts_tagged_saves(tmp_path: Path) -> N
     tagged = save(store, "c", "Ann", T0 + timedelta(minutes=1), tag="boss fight")
     save(store, "c", "Anna", T0 + timedelta(minutes=5))
     extension = "Forest_Party_20251117120000_character_Ann.bin"
-    (tmp_path / extension).write_bytes(b"x")
+    (tmp_path / extension).write_bytes(slot_bytes())
     latest = store.latest("c", "Ann")
     assert latest is not None and latest.filename == tagged
     found = store.latest("Forest Party", "Ann")
@@ -259,12 +262,12 @@ def test_rescan_notices_other_writers_and_rereads_only_changed_sidecars(
     reads.clear()
     assert store.rescan() is False and reads == []
     sidecar = tmp_path / (names[0] + ".json")
-    sidecar.write_text(SaveMeta(chat="chat 0", character="char 0", n_saved=7).model_dump_json())
+    sidecar.write_text(SaveMeta(chat="chat 0", character="char 0", n_saved=42).model_dump_json())
     os.utime(sidecar, ns=(time.time_ns(), time.time_ns() + 10_000_000))
     writer.delete(names[1])
     assert store.rescan() is True and reads == [sidecar]
     assert len(store.entries()) == 299
-    assert next(e for e in store.entries() if e.filename == names[0]).n_saved == 7
+    assert next(e for e in store.entries() if e.filename == names[0]).meta is not None
     assert [e.timestamp for e in store.entries()] == sorted(
         (e.timestamp for e in store.entries()), reverse=True
     )
@@ -308,7 +311,7 @@ async def test_watch_sees_files_added_and_removed_by_others(tmp_path: Path) -> N
     def listed() -> set[str]:
         return {e.filename for e in store.entries()}
 
-    (tmp_path / names[0]).write_bytes(b"x")
+    (tmp_path / names[0]).write_bytes(slot_bytes())
     task = asyncio.create_task(store.watch(changed.set, stop, debounce_ms=50))
     try:
         # The watch's first rescan reports the existing file; by the time this task runs again
@@ -317,7 +320,7 @@ async def test_watch_sees_files_added_and_removed_by_others(tmp_path: Path) -> N
             await changed.wait()
         changed.clear()
         assert listed() == {names[0]}
-        (tmp_path / names[1]).write_bytes(b"x")
+        (tmp_path / names[1]).write_bytes(slot_bytes())
         await until(lambda: listed() == set(names))
         (tmp_path / names[0]).unlink()
         await until(lambda: listed() == {names[1]})
@@ -338,15 +341,15 @@ async def test_watch_reports_own_writes_and_waits_for_a_missing_directory(tmp_pa
         await asyncio.sleep(0.3)  # the watcher finds no directory and waits for one
         directory.mkdir()
         name = format_save_name("c", "Alice", T0)
-        (directory / name).write_bytes(b"x")
+        (directory / name).write_bytes(slot_bytes())
         async with asyncio.timeout(10):
             await changed.wait()
         changed.clear()
         assert [e.filename for e in store.entries()] == [name]
-        store.write_meta(name, SaveMeta(chat="c", character="Alice", n_saved=5))
+        store.write_meta(name, SaveMeta(chat="c", character="Alice", n_saved=3, model="m"))
         async with asyncio.timeout(10):
             await changed.wait()
-        assert [e.n_saved for e in store.entries()] == [5]
+        assert [e.meta.model if e.meta else None for e in store.entries()] == ["m"]
     finally:
         stop.set()
         async with asyncio.timeout(10):

@@ -174,8 +174,11 @@ def test_long_names_are_cut_with_a_hash_and_stay_distinct() -> None:
         # older formats with slot numbers
         ("chat1_20240115143022_slot2.bin", ParsedName("chat1", "", WHEN, None, 2, True)),
         ("chat1_20240115143022_tag_x_y_slot0.bin", ParsedName("chat1", "", WHEN, "x_y", 0, True)),
-        ("chat1_slot3_20240115143022.bin", ParsedName("chat1", "", WHEN, None, 3, True)),
-        ("user_chat1_slot3_20240115143022.bin", ParsedName("user_chat1", "", WHEN, None, 3, True)),
+        ("chat1_slot3_20240115143022.bin", ParsedName("chat1", "", WHEN, None, 3, True, True)),
+        (
+            "user_chat1_slot3_20240115143022.bin",
+            ParsedName("user_chat1", "", WHEN, None, 3, True, True),
+        ),
     ],
 )
 def test_extension_names(filename: str, expected: ParsedName) -> None:

@@ -8,10 +8,11 @@ import pytest
 
 from kvtui.events import Event, Kind, Level
 from kvtui.service import (
+    BatchResult,
     ConnectionState,
+    Failure,
     LoadOutcome,
     SaveOutcome,
-    ServiceError,
     SlotRow,
     Snapshot,
 )
@@ -120,11 +121,10 @@ def outcome(character: str, slot: int, chat: str = "c1", **kw: object) -> LoadOu
 
 def test_load_report_names_each_character_and_other_chats() -> None:
     report = load_report(
-        [
-            outcome("Alice", 0),
-            outcome("Bob", 1, chat="old chat", evicted="Carol"),
-            LoadOutcome(-1, "", "x.bin", "x.bin", 0, False, error="No save file named 'x.bin'"),
-        ],
+        BatchResult(
+            (outcome("Alice", 0), outcome("Bob", 1, chat="old chat", evicted="Carol")),
+            (Failure("x.bin", "No save file named 'x.bin'"),),
+        ),
         current_chat="c1",
     )
     lines = report.message.splitlines()
@@ -132,17 +132,18 @@ def test_load_report_names_each_character_and_other_chats() -> None:
     assert lines[0] == "Alice → slot 0: 100 tokens"
     assert lines[1] == "Bob → slot 1: 100 tokens, loaded from chat old chat (evicted Carol)"
     assert lines[2].startswith("x.bin: failed: No save file")
-    assert "chat c1" in load_report([outcome("Alice", 0)], current_chat=None).message
+    alone = BatchResult((outcome("Alice", 0),))
+    assert "chat c1" in load_report(alone, current_chat=None).message
 
 
 def test_save_report() -> None:
     ok = SaveOutcome(0, "c", "Alice", "f.bin", 10, 2000, "t", rotated=("a", "b"))
-    report = save_report([ok, ServiceError("slot 1: empty")], "t")
+    report = save_report(BatchResult((ok,), (Failure("slot 1", "empty"),)), "t")
     assert report.title == "Saved with tag t (1 of 2)" and report.severity == "warning"
     assert (
         "rotated 2 old autosave(s)" in report.message and "failed: slot 1: empty" in report.message
     )
-    assert save_report([], None).severity == "warning"
+    assert save_report(BatchResult(), None).severity == "warning"
 
 
 def test_keymap_text_round_trip_and_errors() -> None:
@@ -209,3 +210,14 @@ def test_header_says_what_the_connection_is_doing() -> None:
     ok = str(server_lines(header(ConnectionState.CONNECTED, "stale error"), None, None))
     assert ok.startswith("● connected   server http://127.0.0.1:8080") and "stale" not in ok
     assert "slots 4 × 1024 tokens" in ok
+
+
+def test_list_settings_are_edited_as_comma_separated_text() -> None:
+    from kvtui.tui.screens.settings_form import field_text
+
+    candidate = Settings.model_construct(allowed_origins=["http://a:1", "http://b:2"])
+    assert field_text(candidate, "allowed_origins") == "http://a:1, http://b:2"
+    assert validate_field(candidate, "allowed_origins", " http://c:3 ,, http://d:4 ") is None
+    assert candidate.allowed_origins == ["http://c:3", "http://d:4"]
+    assert validate_field(candidate, "allowed_hosts", "") is None
+    assert candidate.allowed_hosts == []

@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvtui.embedded.tinymodel import write_tiny_model
+from kvtui.errors import KvtuiError
 
 BINARY_ENV = "KVTUI_LLAMA_SERVER"
 
 
-class EmbeddedServerError(RuntimeError):
+class EmbeddedServerError(KvtuiError, RuntimeError):
     """The server could not be started (the message says why, with the end of its log)."""
 
 

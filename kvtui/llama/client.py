@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -41,6 +43,14 @@ from kvtui.llama.models import (
 )
 
 _Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _regular_file(path: Path) -> bool:
+    """A regular file, not a symlink (llama-server would follow one out of its directory)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _normalize_url(url: str) -> str:
@@ -261,7 +271,17 @@ class LlamaClient:
         """
         check_filename(filename)
         await self._check_slot(slot)
-        data = await self._slot_action(slot, "save", {"filename": filename}, filename=filename)
+        try:
+            data = await self._slot_action(slot, "save", {"filename": filename}, filename=filename)
+        except ServerError as err:
+            if err.status == 500 and "unable to save" in err.message.lower():
+                raise ServerError(  # what llama-server answers when its disk is full
+                    err.message,
+                    "llama-server could not write the file: is the disk holding its "
+                    "--slot-save-path full or read-only? Free space there and save again.",
+                    status=err.status,
+                ) from err
+            raise
         return self._model(SaveResult, data, "save")
 
     async def restore(self, slot: int, filename: str) -> RestoreResult:
@@ -274,9 +294,10 @@ class LlamaClient:
         await self._check_slot(slot)
         if self.save_dir is not None:
             path = self.save_dir / filename
-            if not await asyncio.to_thread(path.is_file):
+            if not await asyncio.to_thread(_regular_file, path):
                 raise SaveFileMissing(
-                    f"{filename} is not in the save directory {self.save_dir}.",
+                    f"{filename} is not a file in the save directory {self.save_dir} (symbolic "
+                    "links are never loaded).",
                     f"Nothing was sent, so slot {slot} keeps its cache. Pick an existing save, "
                     "or check that kvtui's save directory is llama-server's --slot-save-path.",
                 )

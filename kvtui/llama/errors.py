@@ -10,28 +10,21 @@ import json
 
 import httpx
 
+from kvtui.errors import KvtuiError
+
 START_HINT = (
     "llama-server -m MODEL.gguf -c CONTEXT -np SLOTS --no-kv-unified --slot-save-path DIR --metrics"
 )
 """A llama-server command line that suits kvtui (explicit slots, slot actions enabled)."""
 
 
-class LlamaError(Exception):
+class LlamaError(KvtuiError):
     """Any failure talking to llama-server."""
 
-    default_hint = ""
-
     def __init__(self, message: str, hint: str | None = None, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = self.default_hint if hint is None else hint
+        super().__init__(message, hint)
         self.status = status
         """The HTTP status of the server's answer, when there was one."""
-
-    def __str__(self) -> str:
-        if not self.hint:
-            return self.message
-        return f"{self.message.rstrip()} {self.hint}"
 
 
 class ServerUnreachable(LlamaError):

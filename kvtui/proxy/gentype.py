@@ -28,12 +28,24 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from kvtui.proxy.requestbody import render_messages as render_messages
+from kvtui.proxy.requestbody import request_n_predict as request_n_predict
+from kvtui.proxy.requestbody import request_prompt as request_prompt
+from kvtui.proxy.requestbody import request_stop as request_stop
+from kvtui.sillytavern.names import NAME_TAIL, NEXT_SPEAKER, STOP_NAME, strip_name_prefix
+from kvtui.sillytavern.templates import ControlPrompts, read_controls
 from kvtui.slots import GenType
 
 HISTORY_WINDOW = 1024
 """Characters at the end of a history that decide "same turn" when the whole text differs."""
 
 _SCAN = 256  # how far from the end a reply-request tail is looked for
+_MARKER_WINDOW = 80  # longer than any instruct marker in _MARKERS
+
+EDITED_WITHIN_S = 30.0
+"""A chat file written this recently, whose last reply the prompt lacks, was edited (or had
+messages deleted) just before the request: a new turn, not a swipe. Opening a chat writes
+nothing, so a swipe as the first action after an open finds an older file."""
 
 
 class TailRole(StrEnum):
@@ -79,8 +91,6 @@ _TURN_MARKER = re.compile("|".join(_MARKERS[TailRole.USER] + _MARKERS[TailRole.A
 _ANY_MARKER = re.compile(
     "|".join(p for ps in _MARKERS.values() for p in ps) + r"|<\|[^|>\n]{1,30}\|>|</s>|<end_of_turn>"
 )
-_NAME_TAIL = re.compile(r"(?P<name>[^\n:\[\]<>|｜#*{}\"]{1,64}):[ \t]*\Z")
-_STOP_NAME = re.compile(r"\A\n([^\n:]{1,64}):\Z")
 _ROLE_WORDS = frozenset({"ASSISTANT", "USER", "SYSTEM", "HUMAN"})
 
 
@@ -118,16 +128,35 @@ class Classification:
     user_name: str | None = None
 
 
+@dataclass(frozen=True)
+class ChatEvidence:
+    """What the chat file says about the request's chat, for the generation type."""
+
+    last_in_prompt: bool
+    """The chat's newest (indexable) visible message is in the prompt."""
+    last_is_user: bool
+    last_speaker: str
+    last_text: str
+    unseen_speakers: tuple[str, ...] = ()
+    """Speakers of the newest messages that are not in the prompt (a swipe hides the last)."""
+    unseen_user: bool = False
+    written_ago: float | None = None
+    """Seconds since the chat file was written, when known."""
+
+
 def stop_names(stop: Iterable[str]) -> list[str]:
     """Names in SillyTavern's ``\\nName:`` stop strings, in order."""
-    return [m.group(1) for s in stop if isinstance(s, str) and (m := _STOP_NAME.match(s))]
+    return [m.group(1) for s in stop if isinstance(s, str) and (m := STOP_NAME.match(s))]
 
 
 def _marker_at_end(text: str) -> tuple[TailRole, int] | None:
-    end = text[-_SCAN:]
+    # Every marker is short and only whitespace may follow it: look at the trimmed end only.
+    trimmed = text.rstrip()
+    start = max(len(trimmed) - _MARKER_WINDOW, 0)
+    end = trimmed[start:]
     for role, pattern in _AT_END:
         if m := pattern.search(end):
-            return role, len(text) - len(end) + m.start()
+            return role, start + m.start()
     return None
 
 
@@ -142,7 +171,7 @@ def _plausible(name: str, before: str, known: Iterable[str]) -> bool:
 def split_tail(prompt: str, known_names: Iterable[str] = ()) -> PromptTail:
     """The reply-request tail; ``prompt[: len(prompt) - len(tail.text)]`` is the history part."""
     end = prompt[-_SCAN:]
-    if m := _NAME_TAIL.search(end):
+    if m := NAME_TAIL.search(end):
         head = prompt[: len(prompt) - len(end) + m.start()]
         raw = m.group("name")
         name = raw.strip()
@@ -170,7 +199,7 @@ def last_user_message(history: str, user_name: str | None) -> str | None:
             return None
         start = found[-1]
     text = history[start:]
-    cut = [m.start() for m in (re.search(r"\n[^\n:]{1,64}:", text), _ANY_MARKER.search(text)) if m]
+    cut = [m.start() for m in (NEXT_SPEAKER.search(text), _ANY_MARKER.search(text)) if m]
     return text[: min(cut)].strip() if cut else text.strip()
 
 
@@ -188,9 +217,14 @@ def _extension(new: str, old: str) -> str | None:
     return None
 
 
-def _continues(ext: str, reply: str) -> bool:
-    """``ext`` is (part of) the last reply, or the reply run on within the same message."""
+def _continues(ext: str, reply: str, character: str | None) -> bool:
+    """``ext`` is (part of) the last reply, or the reply run on within the same message.
+
+    SillyTavern 1.19 re-renders the continued message with its name after the old tail
+    (``…\\nSeraphina:Seraphina: <reply so far>``), so a leading ``Name: `` is not part of it.
+    """
     e, r = ext.strip(), reply.strip()
+    e = strip_name_prefix(e, [character] if character else ()).strip()
     if not e:
         return False
     if r.startswith(e):
@@ -230,8 +264,14 @@ def classify_generation(
     character: str | None = None,
     user_name: str | None = None,
     declared: GenType | None = None,
+    chat: ChatEvidence | None = None,
 ) -> Classification:
-    """Classify one text prompt for ``character`` given its last chat turn (``previous``)."""
+    """Classify one text prompt for ``character`` given its last chat turn (``previous``).
+
+    ``previous`` must be the last turn of the same chat and character. Without one, ``chat``
+    (what the chat file holds, from the identity evidence) tells a swipe or a continue as the
+    first action after a chat was opened from a new turn.
+    """
     names = stop_names(stop)
     user = user_name or (previous.user_name if previous else None)
     known = [n for n in (character, user, *names) if n]
@@ -253,11 +293,13 @@ def classify_generation(
         return result(GenType.QUIET, f"n_predict={n_predict}: a cache warm-up, not a reply")
     asks_reply = tail.present and tail.role is not TailRole.SYSTEM
     if previous is None:
+        if chat is not None and (judged := _from_chat(chat, history, asks_reply, character)):
+            return result(*judged)
         if asks_reply:
             return result(GenType.NORMAL, "first turn seen for this character")
         return result(GenType.QUIET, "no reply-request tail")
     ext = _extension(prompt, previous.prompt)
-    if ext is not None and _continues(ext, previous.reply):
+    if ext is not None and _continues(ext, previous.reply, character):
         return result(GenType.CONTINUE, "the last prompt plus the last reply's text")
     if asks_reply and _same_window(history, previous.history):
         return result(GenType.SWIPE, "same chat history as the last turn")
@@ -270,6 +312,25 @@ def classify_generation(
             return result(GenType.QUIET, "an instruction after the last reply, no new message")
         return result(GenType.NORMAL, "new message(s) since the last reply")
     return result(GenType.NORMAL, "the chat history changed")
+
+
+def _from_chat(
+    chat: ChatEvidence, history: str, asks_reply: bool, character: str | None
+) -> tuple[GenType, str] | None:
+    """The type from the chat file alone (no earlier turn of this chat and character seen)."""
+    by_character = not chat.last_is_user and (character is None or chat.last_speaker == character)
+    last = chat.last_text.strip()
+    if not asks_reply:
+        if by_character and last and history.rstrip().endswith(last):
+            return GenType.CONTINUE, "the prompt ends with the chat's last reply, re-rendered"
+        return None
+    if chat.last_in_prompt or chat.unseen_user:
+        return None
+    if character is not None and character not in chat.unseen_speakers:
+        return None
+    if chat.written_ago is not None and chat.written_ago < EDITED_WITHIN_S:
+        return GenType.NORMAL, "the chat was just rewritten (an edit or delete) before this reply"
+    return GenType.SWIPE, "the chat's last reply is not in the prompt: a swipe or regenerate"
 
 
 def remember(
@@ -290,68 +351,6 @@ def remember(
     )
 
 
-# -- request bodies ------------------------------------------------------------------------
-
-
-def _content_text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
-
-
-def render_messages(messages: Sequence[object]) -> str:
-    """A chat-completions message list as ChatML text, so it classifies like a text prompt.
-
-    A final assistant message is a prefill (SillyTavern's continue) and stays open.
-    """
-    parts: list[str] = []
-    last_role = ""
-    for message in messages:
-        if not isinstance(message, Mapping):
-            continue
-        last_role = str(message.get("role", "user"))
-        text = _content_text(message.get("content"))
-        name = message.get("name")
-        if isinstance(name, str) and name and not text.startswith(f"{name}:"):
-            text = f"{name}: {text}"
-        parts.append(f"<|im_start|>{last_role}\n{text}<|im_end|>\n")
-    if last_role == "assistant":
-        parts[-1] = parts[-1].removesuffix("<|im_end|>\n")
-    else:
-        parts.append("<|im_start|>assistant\n")
-    return "".join(parts)
-
-
-def request_prompt(body: Mapping[str, Any]) -> str | None:
-    """The prompt text of a ``/completion`` or ``/v1/(chat/)completions`` body (None for ids)."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-        prompt = prompt[0]  # a batch of prompts: the first decides
-    if isinstance(prompt, str):
-        return prompt
-    messages = body.get("messages")
-    if isinstance(messages, list) and messages:
-        return render_messages(messages)
-    return None
-
-
-def request_stop(body: Mapping[str, Any]) -> list[str]:
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        return [stop]
-    return [s for s in stop if isinstance(s, str)] if isinstance(stop, list) else []
-
-
-def request_n_predict(body: Mapping[str, Any]) -> int | None:
-    for key in ("n_predict", "max_tokens", "max_completion_tokens"):
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
 def classify_request(
     body: Mapping[str, Any],
     previous: TurnMemory | None,
@@ -359,11 +358,27 @@ def classify_request(
     character: str | None = None,
     user_name: str | None = None,
     declared: GenType | None = None,
+    chat: ChatEvidence | None = None,
+    prompts: ControlPrompts | None = None,
 ) -> Classification | None:
-    """:func:`classify_generation` on a request body; None when its prompt is token ids."""
-    prompt = request_prompt(body)
+    """:func:`classify_generation` on a request body; None when its prompt is token ids.
+
+    ``prompts``: SillyTavern's Chat Completion control prompts (from ``settings.json``); a
+    request ending in the impersonation prompt is an impersonation.
+    """
+    prompt = request_prompt(body, prompts)
     if prompt is None:
         return None
+    messages = body.get("messages")
+    if declared is None and isinstance(messages, list) and body.get("prompt") is None:
+        if read_controls(messages, prompts=prompts).impersonating:
+            declared_by_prompt = classify_generation(prompt, character=character)
+            return replace(
+                declared_by_prompt,
+                gen_type=GenType.IMPERSONATE,
+                counts_message=False,
+                reason="the request ends with SillyTavern's impersonation prompt",
+            )
     return classify_generation(
         prompt,
         previous=previous,
@@ -372,4 +387,5 @@ def classify_request(
         character=character,
         user_name=user_name,
         declared=declared,
+        chat=chat,
     )

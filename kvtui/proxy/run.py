@@ -3,8 +3,9 @@
 ``ProxyServer`` binds the listening socket itself (so a taken port is a clear error, not a
 ``sys.exit`` from inside uvicorn, and port 0 works for tests) and serves the ASGI app with uvicorn
 as a task in the caller's event loop, leaving signal handling to the host. ``run_proxy_forever``
-is the ``kvtui proxy`` command: the proxy, the chat-switch watcher, a poll of ``/slots`` (so a
-restarted llama-server is noticed) and the event log printed to stdout, until Ctrl-C.
+is the ``kvtui proxy`` command: the proxy, the service's chat-switch watcher, a poll of
+``/slots`` (so a restarted llama-server is noticed) and the event log printed to stdout, until
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ from typing import Any
 
 import uvicorn
 
+from kvtui.errors import KvtuiError
 from kvtui.events import Event, Kind, Level
 from kvtui.proxy.app import ProxyApp, make_proxy_app
-from kvtui.proxy.recorder import PromptRecorder
+from kvtui.proxy.guard import exposure
 from kvtui.service import KvService
 from kvtui.settings import Settings
-from kvtui.sillytavern import SillyTavernData
 
 
-class ProxyStartError(Exception):
+class ProxyStartError(KvtuiError):
     """The proxy could not start listening (the message says why and what to do)."""
 
 
@@ -68,30 +69,13 @@ class ProxyServer:
     """The proxy app served by uvicorn in the current event loop."""
 
     def __init__(
-        self,
-        service: KvService,
-        settings: Settings,
-        st_data: SillyTavernData | None = None,
-        *,
-        host: str | None = None,
-        port: int | None = None,
+        self, service: KvService, *, host: str | None = None, port: int | None = None
     ) -> None:
-        from kvtui.automatic import ChatSwitchWatcher
-
+        settings = service.settings
         self.service = service
-        self.settings = settings
         self.host = host if host is not None else settings.listen_host
         self.port = port if port is not None else settings.listen_port
-        self.recorder = PromptRecorder(settings.prompts_dir)
-        self.watcher = ChatSwitchWatcher(service, st_data) if st_data is not None else None
-        self.app: ProxyApp = make_proxy_app(
-            service,
-            upstream_url=settings.server_url,
-            api_key=settings.api_key,
-            recorder=self.recorder,
-            st_data=st_data,
-            watcher=self.watcher,
-        )
+        self.app: ProxyApp = make_proxy_app(service)
         self._server: _HostedServer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -108,6 +92,12 @@ class ProxyServer:
         """Start listening; returns once the proxy accepts connections."""
         if self.running:
             return
+        settings = self.service.settings
+        warning, refuse = exposure(self.host, settings.api_key, settings.allow_insecure_listen)
+        if refuse and warning is not None:
+            raise ProxyStartError(warning)
+        if warning is not None:
+            self.service.events.warning(Kind.CONNECTION, warning)
         sock = bind_socket(self.host, self.port)
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(
@@ -175,8 +165,7 @@ async def run_proxy_forever(settings: Settings) -> int:
     """``kvtui proxy``: serve until Ctrl-C (or SIGTERM). Returns the process exit code."""
     service = KvService(settings)
     unsubscribe = service.events.subscribe(_print_event)
-    st_data = SillyTavernData(settings.st_dir) if settings.st_dir else None
-    proxy = ProxyServer(service, settings, st_data)
+    proxy = ProxyServer(service)
     try:
         await proxy.start()
     except ProxyStartError as err:
@@ -189,7 +178,7 @@ async def run_proxy_forever(settings: Settings) -> int:
         "In SillyTavern: API Connections → Text Completion → API Type llama.cpp → "
         f"API URL = {proxy.url}"
     )
-    if st_data is None:
+    if not service.follows_chats:
         print("No SillyTavern directory set (--st-dir): chats are not followed automatically.")
     else:
         print(f"Following the active chat in {settings.st_dir}")
@@ -206,8 +195,8 @@ async def run_proxy_forever(settings: Settings) -> int:
         asyncio.create_task(_logged("slot poll", service, _poll(service, stop))),
         asyncio.create_task(_logged("save watcher", service, service.watch_saves(stop))),
     ]
-    if proxy.watcher is not None:
-        watch = proxy.watcher.run(stop)
+    if service.follows_chats:
+        watch = service.follow_chats(stop)
         tasks.append(asyncio.create_task(_logged("chat-switch watcher", service, watch)))
     try:
         await stop.wait()

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kvtui.errors import KvtuiError
 from kvtui.sillytavern.png import PngError, encode_png, iter_text_chunks
 
 CARD_KEYWORDS = ("ccv3", "chara")  # in order of preference
 
 
-class CardError(ValueError):
+class CardError(KvtuiError, ValueError):
     """A file that is not a readable character card; the message says why."""
 
 

@@ -17,37 +17,44 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kvtui.errors import KvtuiError
 from kvtui.sillytavern.cards import Card, CardError, read_card
 from kvtui.sillytavern.chatfile import read_chat_file
 from kvtui.sillytavern.groupfile import read_group
+from kvtui.sillytavern.layout import (
+    CHARACTERS_DIR,
+    CHATS_DIR,
+    GROUP_CHATS_DIR,
+    GROUPS_DIR,
+    is_chat_file_name,
+)
+from kvtui.sillytavern.layout import plain_name as _plain_name
 from kvtui.sillytavern.models import Chat, ChatRef, Group, Member
+from kvtui.sillytavern.watch import OnActiveChange, watch_active
+
+__all__ = [
+    "CHARACTERS_DIR",
+    "CHATS_DIR",
+    "GROUPS_DIR",
+    "GROUP_CHATS_DIR",
+    "OnActiveChange",
+    "SillyTavernData",
+    "SillyTavernError",
+    "is_chat_file_name",
+]
 
 log = logging.getLogger(__name__)
-
-CHARACTERS_DIR = "characters"
-CHATS_DIR = "chats"
-GROUP_CHATS_DIR = "group chats"
-GROUPS_DIR = "groups"
 
 T = TypeVar("T")
 _Stamp = tuple[int, int]  # (mtime_ns, size)
 
 
-class SillyTavernError(Exception):
+class SillyTavernError(KvtuiError):
     """A SillyTavern file kvtui was asked for and cannot read; the message says which."""
-
-
-def is_chat_file_name(name: str) -> bool:
-    """A chat file's name: ``*.jsonl``, not hidden (atomic-write temp files end otherwise)."""
-    return name.endswith(".jsonl") and not name.startswith(".")
-
-
-def _plain_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
 
 
 class _StampCache(dict[Path, tuple[_Stamp, Any]]):
@@ -75,9 +82,6 @@ def _read_card_or_none(path: Path) -> Card | None:
     except (CardError, OSError) as err:
         log.warning("Skipping character card %s: %s", path, err)
         return None
-
-
-OnActiveChange = Callable[[ChatRef], Awaitable[None] | None]
 
 
 class SillyTavernData:
@@ -252,8 +256,6 @@ class SillyTavernData:
         With ``every_write`` it is also called when the active chat file is rewritten. Runs until
         ``stop_event`` (an ``asyncio.Event``) is set. See ``kvtui.sillytavern.watch``.
         """
-        from kvtui.sillytavern.watch import watch_active
-
         await watch_active(
             self,
             on_change,

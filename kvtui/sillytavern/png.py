@@ -13,13 +13,15 @@ import zlib
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
+from kvtui.errors import KvtuiError
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # A text chunk larger than this is not a card; refuse rather than read it into memory.
 _MAX_TEXT_CHUNK = 64 * 1024 * 1024
 
 
-class PngError(ValueError):
+class PngError(KvtuiError, ValueError):
     """The bytes are not a PNG file, or its chunk list is damaged."""
 
 

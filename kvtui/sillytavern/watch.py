@@ -14,25 +14,28 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from watchfiles import Change, awatch
 
-from kvtui.sillytavern.data import (
-    CHATS_DIR,
-    GROUP_CHATS_DIR,
-    GROUPS_DIR,
-    OnActiveChange,
-    is_chat_file_name,
-)
+from kvtui.sillytavern.layout import CHATS_DIR, GROUP_CHATS_DIR, GROUPS_DIR, is_chat_file_name
 from kvtui.sillytavern.models import ChatRef
 
-if TYPE_CHECKING:
-    from kvtui.sillytavern.data import SillyTavernData
-
 log = logging.getLogger(__name__)
+
+OnActiveChange = Callable[[ChatRef], Awaitable[None] | None]
+
+
+class ActiveChatSource(Protocol):
+    """What the watcher needs of a data directory (``SillyTavernData`` is one)."""
+
+    @property
+    def user_dir(self) -> Path: ...
+
+    def active_chat(self) -> ChatRef | None: ...
+
 
 _WATCHED = (CHATS_DIR, GROUP_CHATS_DIR, GROUPS_DIR)
 
@@ -80,7 +83,7 @@ async def _wait(stop_event: asyncio.Event, seconds: float) -> None:
 
 
 async def watch_active(
-    data: SillyTavernData,
+    data: ActiveChatSource,
     on_change: OnActiveChange,
     stop_event: asyncio.Event,
     *,

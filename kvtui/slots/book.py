@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from kvtui.atomic import write_atomic
+from kvtui.errors import KvtuiError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class GenType(StrEnum):
     IMPERSONATE = "impersonate"
 
 
-class SlotBookError(Exception):
+class SlotBookError(KvtuiError):
     """A request the book cannot satisfy."""
 
 
@@ -87,10 +88,21 @@ class Allocation:
     resident: bool
     evicted: SlotRecord | None = None
 
+    @classmethod
+    def replacing(cls, record: SlotRecord) -> Allocation:
+        """Someone takes ``record``'s slot by hand (an assign, a load into a chosen slot)."""
+        return cls(slot=record.slot, resident=False, evicted=record if record.occupied else None)
+
     @property
     def save_first(self) -> bool:
         """The seed's rule: save the evicted character first when it was used at least once."""
-        return self.evicted is not None and self.evicted.usage >= 1
+        evicted = self.evicted
+        return (
+            evicted is not None
+            and evicted.usage >= 1
+            and evicted.chat is not None
+            and evicted.character is not None
+        )
 
 
 class SlotBook:
@@ -169,6 +181,19 @@ class SlotBook:
         self._records[slot] = SlotRecord(
             slot=slot, chat=chat, character=character, last_used=self._tick()
         )
+
+    def put_back(self, record: SlotRecord) -> None:
+        """Undo a takeover: ``record`` (as it was before) is in its slot again, counters and all.
+
+        Used when the farewell save of an evicted character fails and the newcomer is refused;
+        the record keeps its usage, so the next eviction saves it first again.
+        """
+        self._check(record.slot)
+        if record.occupied and record.chat is not None and record.character is not None:
+            other = self.find(record.chat, record.character)
+            if other is not None and other != record.slot:
+                self.release(other)
+        self._records[record.slot] = record
 
     def release(self, slot: int) -> None:
         self._check(slot)

@@ -31,9 +31,9 @@ so the first ``character`` token is the separator, the first ``tag`` token befor
 the tag separator, and the timestamp is the token right before that; 14-digit runs elsewhere do
 not matter. Raw text may contain ``_tag_``, ``_character_``, digits, ``../`` or anything else.
 Names written by the SillyTavern KV Cache Manager extension use the same format (with its
-ASCII-only normalisation and local-time stamps, read here as UTC) and parse the same way (even
-its chats containing ``_tag_``, which its own parser gets wrong); its older ``_slot{N}`` formats
-parse as ``legacy``.
+ASCII-only normalisation and local-time stamps; ``kvtui.store.extension`` maps them back to real
+chats and reads the stamps as local time) and parse the same way (even its chats containing
+``_tag_``, which its own parser gets wrong); its older ``_slot{N}`` formats parse as ``legacy``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+
+from kvtui.store.errors import StoreError
 
 BIN_SUFFIX = ".bin"
 MAX_COMPONENT_BYTES = 64
@@ -62,14 +64,17 @@ _DOT_RUNS = re.compile(r"\.{2,}")
 _LEGACY_PATTERNS = (
     # {chat}_{ts}_tag_{tag}_slot{N}: the first timestamp followed by _tag_ wins.
     re.compile(r"(?P<chat>.+?)_(?P<ts>\d{14})_tag_(?P<tag>.+)_slot(?P<slot>\d+)", re.A | re.S),
-    # {chat}_{ts}_slot{N}
+    # {chatId}_{ts}_named_{tag}_slot{N} (Nov 2025)
+    re.compile(r"(?P<chat>.+?)_(?P<ts>\d{14})_named_(?P<tag>.+)_slot(?P<slot>\d+)", re.A | re.S),
+    # {chat}_{ts}_slot{N}, also prefixed by a typed save name: {tag}_{chat}_{ts}_slot{N}
     re.compile(r"(?P<chat>.+)_(?P<ts>\d{14})_slot(?P<slot>\d+)", re.A | re.S),
-    # {chat}_slot{N}_{ts}, also the user-prefixed {user}_{chat}_slot{N}_{ts}
+    # {chat}_slot{N}_{ts}, also {tag}_{chat}_slot{N}_{ts}: the first version, stamped in UTC
     re.compile(r"(?P<chat>.+)_slot(?P<slot>\d+)_(?P<ts>\d{14})", re.A | re.S),
 )
+_UTC_LEGACY = _LEGACY_PATTERNS[-1]
 
 
-class InvalidSaveName(ValueError):
+class InvalidSaveName(StoreError, ValueError):
     """A name that is not a plain file name inside the save directory, or the server refuses."""
 
 
@@ -87,6 +92,8 @@ class ParsedName:
     tag: str | None = None
     slot: int | None = None
     legacy: bool = False
+    utc_stamp: bool = False
+    """Legacy names whose stamp is UTC (the extension's first form); the others are local."""
 
 
 def _digest(text: str) -> str:
@@ -199,6 +206,7 @@ def _parse_legacy(stem: str) -> ParsedName | None:
             tag=groups.get("tag"),
             slot=int(match["slot"]),
             legacy=True,
+            utc_stamp=pattern is _UTC_LEGACY,
         )
     return None
 

@@ -9,8 +9,15 @@ only ever see parsed names of the exact (normalised) chat and character. Hidden 
 extensions are ignored.
 
 A sidecar ``NAME.bin.json`` (``SaveMeta``) keeps what a name cannot: the raw names, the tag, token
-and byte counts, model and context. Rescans are incremental: a file whose size and mtime (and its
-sidecar's) did not change keeps its entry, so only new or changed sidecars are ever read.
+and byte counts, model, context and a prompt fingerprint. Rescans are incremental: a file whose
+size and mtime (and its sidecar's) did not change keeps its entry, so only new or changed
+sidecars and headers are ever read.
+
+Safety: symlinks are never listed, loaded or followed; private names (``.kvtui-*``) are never
+listed; files unfit to restore (``SaveEntry.problem``) are left out of ``entries()``, ``latest``
+and rotation, and ``check_restorable`` re-checks a file just before it is sent to the server.
+Saves are made by ``save_verified`` (``kvtui.store.saving``): the final name never exists
+incomplete.
 """
 
 from __future__ import annotations
@@ -18,150 +25,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import threading
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ValidationError
 
 from kvtui.atomic import write_atomic
+from kvtui.store.entries import UNPARSED_CHAT, SaveEntry, SaveMeta, build_entry, is_valid_save
+from kvtui.store.errors import SaveDirUnreadable, SaveWriteFailed
+from kvtui.store.extension import KnownChats
 from kvtui.store.names import (
     BIN_SUFFIX,
     check_filename,
     format_save_name,
+    is_private_name,
     normalize,
     parse_save_name,
 )
+from kvtui.store.slotfile import SlotFileError, SlotFileHeader, read_header, state_is_complete
+
+if TYPE_CHECKING:
+    from kvtui.store.saving import SlotSaver
+
+__all__ = ["UNPARSED_CHAT", "SaveEntry", "SaveMeta", "SaveStore", "is_valid_save"]
 
 SIDECAR_SUFFIX = ".json"
-UNPARSED_CHAT = "(other files)"
-"""Display chat of ``.bin`` files whose names kvtui cannot read; their ``chat_key`` is ``""``."""
 
-_Stamp = tuple[int, int, int, int]
+_Stamp = tuple[int, int, int, int, int]
 _MTIME_SLACK_NS = 2_000_000_000  # coarse file-system clocks (FAT: 2 s)
 
 
-class SaveMeta(BaseModel):
-    """The sidecar of one save: raw names and what the server reported when saving."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    chat: str
-    character: str
-    tag: str | None = None
-    n_saved: int | None = None
-    n_written: int | None = None
-    model: str | None = None
-    build_info: str | None = None
-    n_ctx: int | None = None
-    slot: int | None = None
-    saved_at: datetime | None = None
-
-    @field_validator("saved_at")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        """Naive times (hand-edited sidecars) are read as UTC, so entries always compare."""
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+def _is_regular(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode)
 
 
-@dataclass(frozen=True)
-class SaveEntry:
-    """One save file. ``chat``/``character``/``tag`` are raw names from the sidecar when it exists
-    (and agrees with the file name), else the names' normalised forms. ``chat_key`` and
-    ``character_key`` are the normalised forms, for matching."""
-
-    filename: str
-    chat: str
-    character: str
-    tag: str | None
-    timestamp: datetime
-    size: int
-    n_saved: int | None
-    meta: SaveMeta | None
-    chat_key: str
-    character_key: str
-    legacy: bool = False
-    slot: int | None = None
-    parsed: bool = True
-
-    @property
-    def sort_key(self) -> tuple[datetime, str]:
-        return (self.timestamp, self.filename)
-
-
-def is_valid_save(n_saved: int, n_written: int, *, min_tokens: int = 1, min_bytes: int = 0) -> bool:
-    """Whether a save response is a real save: ``n_saved == 0`` is an empty slot, never a save.
-
-    The seed's "smaller than 1 MB" rule is ``min_bytes=1_048_576``, off by default.
-    """
-    # n_written == 0 with tokens: the server could not write the file (disk full, I/O error)
-    # yet answered 200; a partial file may be on disk.
-    return n_saved > 0 and n_saved >= min_tokens and n_written > 0 and n_written >= min_bytes
-
-
-def _build_entry(name: str, size: int, mtime_ns: int, meta: SaveMeta | None) -> SaveEntry:
-    parsed = parse_save_name(name)
-    if parsed is None:  # listed (and loadable) as itself, never anyone's save
-        return SaveEntry(
-            filename=name,
-            chat=UNPARSED_CHAT,
-            character=name[: -len(BIN_SUFFIX)],
-            tag=None,
-            timestamp=datetime.fromtimestamp(mtime_ns / 1e9, UTC),
-            size=size,
-            n_saved=meta.n_saved if meta else None,
-            meta=meta,
-            chat_key="",
-            character_key=f"~file:{name}",
-            parsed=False,
-        )
-    if parsed.legacy:
-        return SaveEntry(
-            filename=name,
-            chat=parsed.chat,
-            character=f"slot {parsed.slot}",
-            tag=parsed.tag,
-            timestamp=parsed.timestamp,
-            size=size,
-            n_saved=None,
-            meta=None,
-            chat_key=parsed.chat,
-            character_key=f"~slot{parsed.slot}",
-            legacy=True,
-            slot=parsed.slot,
-        )
-    if meta is not None and (
-        normalize(meta.chat) != parsed.chat or normalize(meta.character) != parsed.character
-    ):
-        meta = None  # a sidecar that belongs to some other save
-    return SaveEntry(
-        filename=name,
-        chat=meta.chat if meta else parsed.chat,
-        character=meta.character if meta else parsed.character,
-        tag=meta.tag if meta is not None and meta.tag is not None else parsed.tag,
-        timestamp=parsed.timestamp,
-        size=size,
-        n_saved=meta.n_saved if meta else None,
-        meta=meta,
-        chat_key=parsed.chat,
-        character_key=parsed.character,
-        slot=meta.slot if meta else None,
+def _unreadable(directory: Path, err: OSError) -> SaveDirUnreadable:
+    reason = err.strerror or type(err).__name__
+    return SaveDirUnreadable(
+        f"Cannot read the save directory {directory} ({reason}). Check that it exists and that "
+        "you may read and write it, or give kvtui another one with --save-dir DIR."
     )
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), seconds)
-
-
-def _relevant(_change: object, path: str) -> bool:
-    name = os.path.basename(path)
-    return not name.startswith(".") and name.endswith((BIN_SUFFIX, BIN_SUFFIX + SIDECAR_SUFFIX))
 
 
 class SaveStore:
@@ -178,6 +86,10 @@ class SaveStore:
         self._version = 0  # bumped on every index change, for watch notifications
         self._reserved: set[str] = set()
         self._recent: dict[tuple[str, str], str] = {}
+        self._known: KnownChats | None = None
+        self._known_generation = 0
+        self._inflight: set[str] = set()  # private names of saves in progress (repair skips them)
+        self._reported: set[tuple[str, int, int]] = set()  # repair notes already given
 
     # -- names -------------------------------------------------------------------------------
 
@@ -185,8 +97,17 @@ class SaveStore:
         """The file's path; raises ``InvalidSaveName`` for anything but a plain name in here."""
         return self.directory / check_filename(filename)
 
+    def _lstat(self, filename: str) -> os.stat_result | None:
+        try:
+            return os.lstat(self.directory / filename)
+        except OSError:
+            return None
+
     def exists(self, filename: str) -> bool:
-        return self.path_for(filename).is_file()
+        """Whether a regular file (never a symlink) of that name is in the directory."""
+        self.path_for(filename)
+        st = self._lstat(filename)
+        return st is not None and _is_regular(st)
 
     def _taken(self, name: str) -> bool:
         path = self.directory / name
@@ -207,10 +128,33 @@ class SaveStore:
             self._recent[(normalize(chat), normalize(character))] = name
         return name
 
+    # -- known SillyTavern chats (extension names) --------------------------------------------
+
+    def set_known_chats(
+        self,
+        known_chats: KnownChats | Collection[tuple[str, str]] | None,
+        members: Mapping[str, Collection[str]] | None = None,
+    ) -> None:
+        """The chats (``(chat_id, title)``) and members that extension-written names resolve to.
+
+        Entries are rebuilt on the next look-up; ``None`` forgets them (names stay collapsed).
+        """
+        if known_chats is not None and not isinstance(known_chats, KnownChats):
+            known_chats = KnownChats.build(known_chats, members or {})
+        with self._lock:
+            if known_chats == self._known:
+                return
+            self._known = known_chats
+            self._known_generation += 1
+            self._scanned = False  # rebuild every entry on the next look-up
+
     # -- sidecars ----------------------------------------------------------------------------
 
     def _load_meta(self, path: Path) -> SaveMeta | None:
         try:
+            st = os.lstat(path)
+            if not _is_regular(st):
+                return None
             return SaveMeta.model_validate_json(path.read_bytes())
         except (OSError, ValidationError, ValueError):
             return None
@@ -220,9 +164,21 @@ class SaveStore:
         return self._load_meta(path.with_name(path.name + SIDECAR_SUFFIX))
 
     def write_meta(self, filename: str, meta: SaveMeta) -> None:
-        """Write ``NAME.bin.json`` atomically (temp file, fsync, ``os.replace``)."""
+        """Write ``NAME.bin.json`` atomically (temp file, fsync, ``os.replace``), mode 0600.
+
+        Raises ``SaveWriteFailed`` (disk full, read-only directory); the old sidecar, if any,
+        is untouched then.
+        """
         path = self.path_for(filename)
-        write_atomic(path.with_name(path.name + SIDECAR_SUFFIX), meta.model_dump_json(indent=2))
+        target = path.with_name(path.name + SIDECAR_SUFFIX)
+        try:
+            write_atomic(target, meta.model_dump_json(indent=2))
+        except OSError as err:
+            raise SaveWriteFailed(
+                f"Could not write {target.name} in {self.directory} "
+                f"({err.strerror or type(err).__name__}). Free some disk space there (or make "
+                "it writable) and save again."
+            ) from err
         parsed = parse_save_name(filename)
         if parsed is not None and not parsed.legacy:
             with self._lock:
@@ -238,7 +194,7 @@ class SaveStore:
             with os.scandir(self.directory) as it:
                 for item in it:
                     name = item.name
-                    if name.startswith("."):
+                    if name.startswith(".") or is_private_name(name):
                         continue
                     if name.endswith(BIN_SUFFIX):
                         target = bins
@@ -247,11 +203,19 @@ class SaveStore:
                     else:
                         continue
                     with contextlib.suppress(OSError):
-                        if item.is_file():
-                            target[name] = item.stat()
+                        if item.is_file(follow_symlinks=False):  # symlinks are never listed
+                            target[name] = item.stat(follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             pass
+        except OSError as err:
+            raise _unreadable(self.directory, err) from err
         return bins, sidecars
+
+    def _header(self, name: str) -> SlotFileHeader | SlotFileError:
+        try:
+            return read_header(self.directory / name)
+        except SlotFileError as err:
+            return err
 
     def _entry_for(
         self,
@@ -266,16 +230,23 @@ class SaveStore:
             st.st_size,
             side.st_mtime_ns if side else -1,
             side.st_size if side else -1,
+            self._known_generation,
         )
         if old is not None and old[0] == stamp:
             return old
         meta = self._load_meta(self.directory / (name + SIDECAR_SUFFIX)) if side else None
-        return stamp, _build_entry(name, st.st_size, st.st_mtime_ns, meta)
+        header = self._header(name)
+        complete = None
+        if isinstance(header, SlotFileHeader) and (meta is None or meta.n_written is None):
+            complete = state_is_complete(self.directory / name, header)  # no sidecar vouches
+        entry = build_entry(name, st.st_size, st.st_mtime_ns, meta, header, self._known, complete)
+        return stamp, entry
 
     def rescan(self) -> bool:
         """Re-read the directory; returns whether anything changed since the last scan.
 
         Sidecars are read outside the lock, so a long first scan never blocks ``new_filename``.
+        Raises ``SaveDirUnreadable`` when the directory exists but cannot be listed.
         """
         started, dir_stat = time.time_ns(), self._dir_stat()
         bins, sidecars = self._scan()
@@ -297,21 +268,16 @@ class SaveStore:
         return changed
 
     def _refresh(self, filename: str) -> SaveEntry | None:
-        path = self.directory / filename
-        try:
-            st = path.stat()
-        except OSError:
-            st = None
+        st = None if is_private_name(filename) else self._lstat(filename)
         with self._lock:
-            if st is None or not path.is_file():
+            if st is None or not _is_regular(st):
                 if filename in self._index:
                     self._index = {k: v for k, v in self._index.items() if k != filename}
                     self._sorted = None
                     self._version += 1
                 return None
-            try:
-                side: os.stat_result | None = os.stat(f"{path}{SIDECAR_SUFFIX}")
-            except OSError:
+            side = self._lstat(filename + SIDECAR_SUFFIX)
+            if side is not None and not _is_regular(side):
                 side = None
             pair = self._entry_for(self._index.get(filename), filename, st, side)
             if self._index.get(filename) is not pair:
@@ -344,8 +310,7 @@ class SaveStore:
                 return
         self.rescan()
 
-    def entries(self) -> list[SaveEntry]:
-        """Every save, newest first (scanning once if nothing was scanned yet)."""
+    def _all(self) -> list[SaveEntry]:
         if not self._scanned:
             self.rescan()
         listing = self._sorted
@@ -357,20 +322,101 @@ class SaveStore:
                     reverse=True,
                 )
                 self._sorted = listing
-        return list(listing)
+        return listing
+
+    def entries(self, *, include_damaged: bool = False) -> list[SaveEntry]:
+        """Every loadable save, newest first (scanning once if nothing was scanned yet).
+
+        Files unfit to restore (``entry.problem``) are left out unless ``include_damaged``.
+        """
+        listing = self._all()
+        if include_damaged:
+            return list(listing)
+        return [e for e in listing if e.problem is None]
+
+    def damaged(self) -> list[SaveEntry]:
+        """Save files that are not fit to restore (each with its ``problem``), newest first."""
+        return [e for e in self._all() if e.problem is not None]
 
     def get(self, filename: str) -> SaveEntry | None:
-        """The entry for one file, read fresh from disk; ``None`` when it does not exist."""
+        """The entry for one file, read fresh from disk; ``None`` when it does not exist (or is
+        a symlink or a private name). Damaged files are returned too: see ``entry.problem``."""
         return self._refresh(check_filename(filename))
 
-    def latest(self, chat: str, character: str) -> SaveEntry | None:
-        """The newest save (autosave or tagged) of exactly this chat and character."""
+    def latest(self, chat: str, character: str, *, n_ctx: int | None = None) -> SaveEntry | None:
+        """The newest sound save (autosave or tagged) of exactly this chat and character.
+
+        Damaged files are passed over, so an older good save wins over a cut-short newest one;
+        with ``n_ctx`` (the slot's context) so are saves holding more tokens than fit.
+        """
         self._fresh()
         chat_key, character_key = normalize(chat), normalize(character)
         for entry in self.entries():
-            if entry.chat_key == chat_key and entry.character_key == character_key:
-                return entry
+            if entry.chat_key != chat_key or entry.character_key != character_key:
+                continue
+            if n_ctx and entry.n_tokens is not None and entry.n_tokens > n_ctx:
+                continue
+            return entry
         return None
+
+    def check_restorable(self, entry: SaveEntry | str, n_ctx: int | None = None) -> SaveEntry:
+        """Check, without the server, that a save may be restored into a slot of ``n_ctx``
+        tokens; returns the fresh entry or raises ``NotRestorable`` (see
+        ``kvtui.store.safety.check_restorable``)."""
+        from kvtui.store.safety import check_restorable
+
+        return check_restorable(self, entry, n_ctx)
+
+    def pick_restorable(
+        self,
+        chat: str,
+        character: str,
+        n_ctx: int | None = None,
+        *,
+        prompt_text: str | None = None,
+        min_shared: float = 0.5,
+    ) -> tuple[SaveEntry | None, list[str]]:
+        """Autoload's choice: the newest save that passes every check, and a note per newer
+        file passed over (see ``kvtui.store.safety.pick_restorable``)."""
+        from kvtui.store.safety import pick_restorable
+
+        return pick_restorable(
+            self, chat, character, n_ctx, prompt_text=prompt_text, min_shared=min_shared
+        )
+
+    # -- saving and repair (kvtui.store.saving) ----------------------------------------------
+
+    async def save_verified(
+        self,
+        client: SlotSaver,
+        slot: int,
+        final_name: str,
+        meta: SaveMeta,
+        *,
+        min_tokens: int = 1,
+        min_bytes: int = 0,
+        unless_same_as: str | None = None,
+    ) -> SaveEntry:
+        """Save ``slot`` under ``final_name`` only once complete and verified (see
+        ``kvtui.store.saving.save_verified``)."""
+        from kvtui.store.saving import save_verified
+
+        return await save_verified(
+            self,
+            client,
+            slot,
+            final_name,
+            meta,
+            min_tokens=min_tokens,
+            min_bytes=min_bytes,
+            unless_same_as=unless_same_as,
+        )
+
+    def repair(self) -> list[str]:
+        """Clean up after a crash; one note per thing done (see ``kvtui.store.saving.repair``)."""
+        from kvtui.store.saving import repair
+
+        return repair(self)
 
     # -- deleting ----------------------------------------------------------------------------
 
@@ -390,41 +436,11 @@ class SaveStore:
     def rotate(
         self, chat: str, character: str, keep: int, *, protect: Collection[str] = ()
     ) -> list[str]:
-        """Delete the oldest autosaves of (chat, character) beyond the newest ``keep``.
+        """Delete the oldest sound autosaves of (chat, character) beyond the newest ``keep``;
+        returns the deleted names (see ``kvtui.store.safety.rotate``)."""
+        from kvtui.store.safety import rotate
 
-        Tagged saves are never touched. The save most recently named or written for this pair
-        (and anything in ``protect``) is always kept and counts towards ``keep``, even when
-        other files carry later timestamps (the extension stamps names in local time).
-        Returns the deleted names.
-        """
-        if keep < 0:
-            raise ValueError("keep must be >= 0")
-        self._fresh()
-        chat_key, character_key = normalize(chat), normalize(character)
-        protected = set(protect)
-        with self._lock:
-            if (recent := self._recent.get((chat_key, character_key))) is not None:
-                protected.add(recent)
-        autosaves = [
-            e
-            for e in self.entries()
-            if e.parsed
-            and e.tag is None
-            and e.chat_key == chat_key
-            and e.character_key == character_key
-        ]
-        room = keep - sum(1 for e in autosaves if e.filename in protected)
-        deleted: list[str] = []
-        for entry in autosaves:
-            if entry.filename in protected:
-                continue
-            if room > 0:
-                room -= 1
-                continue
-            with contextlib.suppress(OSError):
-                self.delete(entry.filename)
-                deleted.append(entry.filename)
-        return deleted
+        return rotate(self, chat, character, keep, protect=protect)
 
     # -- watching ----------------------------------------------------------------------------
 
@@ -437,50 +453,14 @@ class SaveStore:
         resync_seconds: float = 30.0,
         force_polling: bool | None = None,
     ) -> None:
-        """Keep the index current until ``stop_event`` is set.
+        """Keep the index current until ``stop_event`` is set (see ``kvtui.store.watching``)."""
+        from kvtui.store.watching import watch_store
 
-        File-system events (``watchfiles``, debounced by ``debounce_ms``) trigger a rescan;
-        ``on_change`` is called whenever the index changed since the last call, including
-        through this store's own writes and deletes. A full rescan also runs every
-        ``resync_seconds`` in case an event was lost; a missing or replaced directory is
-        waited for and watched again.
-        """
-        from watchfiles import awatch
-
-        notified = self._version
-
-        async def sync() -> None:
-            nonlocal notified
-            await asyncio.to_thread(self.rescan)
-            if self._version != notified:
-                notified = self._version
-                on_change()
-
-        self._watching += 1
-        try:
-            while not stop_event.is_set():
-                await sync()
-                watched = self._dir_stat()
-                if watched is None:
-                    await _wait(stop_event, 1.0)
-                    continue
-                try:
-                    async for _changes in awatch(
-                        self.directory,
-                        watch_filter=_relevant,
-                        debounce=debounce_ms,
-                        stop_event=stop_event,
-                        rust_timeout=max(1, int(resync_seconds * 1000)),
-                        yield_on_timeout=True,
-                        recursive=False,
-                        force_polling=force_polling,
-                        ignore_permission_denied=True,
-                    ):
-                        await sync()
-                        now = self._dir_stat()
-                        if now is None or now.st_ino != watched.st_ino:
-                            break  # deleted or replaced: watch the new one
-                except OSError:
-                    await _wait(stop_event, 1.0)
-        finally:
-            self._watching -= 1
+        await watch_store(
+            self,
+            on_change,
+            stop_event,
+            debounce_ms=debounce_ms,
+            resync_seconds=resync_seconds,
+            force_polling=force_polling,
+        )

@@ -19,7 +19,6 @@ from kvtui.events import Kind
 from kvtui.proxy.run import ProxyServer, ProxyStartError
 from kvtui.service import KvService
 from kvtui.settings import Settings
-from kvtui.sillytavern import SillyTavernData
 from kvtui.statelock import StateLock
 from kvtui.tui.screens.dashboard import DashboardScreen
 
@@ -74,9 +73,7 @@ class KvtuiApp(App[int]):
         A proxy that cannot start (its port is taken) is reported in the event log; the
         dashboard goes on without it.
         """
-        settings = self.service.settings
-        st_data = SillyTavernData(settings.st_dir) if settings.st_dir else None
-        proxy = ProxyServer(self.service, settings, st_data)
+        proxy = ProxyServer(self.service)
         try:
             await proxy.start()
         except (ProxyStartError, OSError) as err:
@@ -87,13 +84,12 @@ class KvtuiApp(App[int]):
             Kind.ROUTE,
             f"Proxy listening on {proxy.url}: set SillyTavern's llama.cpp API URL to it.",
         )
-        if proxy.watcher is not None:
-            self._watch_task = asyncio.create_task(self._watch(proxy), name="kvtui-chat-watcher")
+        if self.service.follows_chats:
+            self._watch_task = asyncio.create_task(self._watch(), name="kvtui-chat-watcher")
 
-    async def _watch(self, proxy: ProxyServer) -> None:
-        assert proxy.watcher is not None
+    async def _watch(self) -> None:
         try:
-            await proxy.watcher.run(self._automatic_stop)
+            await self.service.follow_chats(self._automatic_stop)
         except Exception as err:  # reported, never a crash of the dashboard
             self.service.events.error(Kind.ERROR, f"The chat-switch watcher stopped: {err!r}")
 
@@ -189,6 +185,8 @@ def run_dashboard(
             f"{lock.holder()} is running with the same state directory: both keep the slot "
             "book, and the last to write wins. Stop one of them.",
         )
+    else:
+        app.service.repair_saves()
     try:
         result = app.run()
     finally:

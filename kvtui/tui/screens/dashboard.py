@@ -14,7 +14,7 @@ from textual import work
 from textual.binding import Binding
 
 from kvtui.events import Kind
-from kvtui.service import SaveOutcome, ServiceError
+from kvtui.service import BatchResult
 from kvtui.settings import save_settings
 from kvtui.tui.lookups import assign_suggestions, picker_data
 from kvtui.tui.reports import Report, load_report, save_report
@@ -81,7 +81,7 @@ class DashboardScreen(LiveScreen):
     async def _save_slot(self, slot: int) -> None:
         with self.job(SAVE_KINDS), self.busy(f"Saving slot {slot}…"):
             outcome = await self.service.save_slot(slot)
-            self.report(save_report([outcome], None))
+            self.report(save_report(BatchResult((outcome,)), None))
 
     def action_save_all(self) -> None:
         if self.claim("saving every active character"):
@@ -107,7 +107,7 @@ class DashboardScreen(LiveScreen):
     async def _save_everyone(self, tag: str | None) -> None:
         what = f"with tag {tag}" if tag else "now"
         with self.busy(f"Saving every active character {what}…"):
-            results: list[SaveOutcome | ServiceError] = await self.service.save_all(tag)
+            results = await self.service.save_all(tag)
         self.report(save_report(results, tag))
 
     # -- loading and assigning ---------------------------------------------------------------

@@ -33,9 +33,8 @@ from textual.widgets import (
 from textual.widgets.selection_list import Selection
 
 from kvtui.prewarm import Outcome, PlanError, PrewarmPlan, Progress, plan_prewarm, prewarm
-from kvtui.proxy.recorder import PromptRecorder
 from kvtui.service import KvService
-from kvtui.sillytavern import Member, SillyTavernData
+from kvtui.sillytavern import Member
 
 
 def member_label(member: Member, source: str) -> Text:
@@ -76,9 +75,8 @@ class PrewarmScreen(Screen[None]):
     def __init__(self, service: KvService, chat: str | None = None) -> None:
         super().__init__()
         self.service = service
-        settings = service.settings
-        self.st_data = SillyTavernData(settings.st_dir) if settings.st_dir else None
-        self.recorder = PromptRecorder(settings.prompts_dir)
+        self.st_data = service.st_data
+        self.recorder = service.recorder
         self.chat = chat
         self.plan: PrewarmPlan | None = None
         self.running = False

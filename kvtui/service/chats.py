@@ -1,29 +1,34 @@
-"""Automatic mode's chat-switch watcher: keep kvtui's current chat in step with SillyTavern's.
+"""Following SillyTavern's active chat: keep kvtui's current chat in step with the user's.
 
 SillyTavern writes the chat file the user is in (the user's message is saved before the request
 is sent), so the most recently written chat file is the active chat. When it becomes a different
 chat, kvtui does the seed's chat switch: save every character used at least once, erase all
 slots, and place the new chat's unmuted characters (their caches are restored on their first
-generation). The proxy asks the same watcher before routing a request, so a switch happens exactly
-once, whichever of the two notices it first.
+generation). The proxy asks the same follower before routing a request, so a switch happens
+exactly once, whichever of the two notices it first.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 
 from kvtui.events import Kind
 from kvtui.llama import LlamaError
-from kvtui.service import KvService, ServiceError
+from kvtui.service.core import ServiceCore
+from kvtui.service.outcomes import ChatContext, SaveOutcome, ServiceError
 from kvtui.sillytavern import ChatRef, Member, SillyTavernData
 
+SwitchChat = Callable[[str, Sequence[str]], Awaitable[list[SaveOutcome]]]
 
-class ChatSwitchWatcher:
+
+class ChatFollower:
     """Switches kvtui's chat when SillyTavern's active chat changes."""
 
-    def __init__(self, service: KvService, st_data: SillyTavernData) -> None:
-        self.service = service
+    def __init__(self, core: ServiceCore, st_data: SillyTavernData, switch: SwitchChat) -> None:
+        self.core = core
         self.st_data = st_data
+        self._switch = switch
         self._lock = asyncio.Lock()
         self._members: dict[str, list[Member]] = {}
 
@@ -46,10 +51,10 @@ class ChatSwitchWatcher:
         if ref is None:
             return None
         async with self._lock:
-            if self.service.current_chat is None:
-                self.service.current_chat = ref.chat_id
+            if self.core.current_chat is None:
+                self.core.current_chat = ref.chat_id
                 await self.members(ref)
-                self.service.events.info(
+                self.core.events.info(
                     Kind.CHAT_SWITCH, f"Current chat: {ref.display_name} ({ref.chat_id})."
                 )
                 return ref
@@ -67,15 +72,15 @@ class ChatSwitchWatcher:
             if ref is None:
                 return False
         async with self._lock:
-            if self.service.current_chat == ref.chat_id:
+            if self.core.current_chat == ref.chat_id:
                 return False
             members = await self.members(ref)
             names = [m.name for m in members if not m.muted]
             try:
-                await self.service.switch_chat(ref.chat_id, names)
+                await self._switch(ref.chat_id, names)
             except (ServiceError, LlamaError) as err:
                 # switch_chat sets the current chat first, so it is not retried on every request.
-                self.service.events.error(
+                self.core.events.error(
                     Kind.CHAT_SWITCH, f"Chat switch to {ref.display_name} failed: {err}"
                 )
             return True
@@ -83,6 +88,28 @@ class ChatSwitchWatcher:
     def cached_members(self, chat_id: str) -> list[Member] | None:
         """The members last read for ``chat_id`` (the proxy's identity inference uses them)."""
         return self._members.get(chat_id)
+
+    async def context(self) -> ChatContext:
+        """The active chat (switching to it first), its members and the user's name.
+
+        Never raises: a damaged data directory must not block generations (it is logged).
+        """
+        current = self.core.current_chat
+        try:
+            ref = await self.active()
+            if ref is None:
+                return ChatContext(current)
+            await self.ensure(ref)
+            members = self.cached_members(ref.chat_id)
+            if members is None:
+                members = await self.members(ref)
+            user = await asyncio.to_thread(self.st_data.user_name)
+            return ChatContext(ref.chat_id, tuple(m.name for m in members), (user,))
+        except Exception as err:  # noqa: BLE001 - any failure reading ST's files is logged
+            self.core.events.error(
+                Kind.CHAT_SWITCH, f"Could not read SillyTavern's active chat: {err!r}"
+            )
+            return ChatContext(current)
 
     async def _on_change(self, ref: ChatRef) -> None:
         await self.ensure(ref)
@@ -92,12 +119,5 @@ class ChatSwitchWatcher:
         try:
             await self.adopt_current()
         except (ServiceError, LlamaError) as err:
-            self.service.events.error(Kind.CHAT_SWITCH, f"Could not read the current chat: {err}")
+            self.core.events.error(Kind.CHAT_SWITCH, f"Could not read the current chat: {err}")
         await self.st_data.watch_active(self._on_change, stop_event)
-
-
-async def run_watcher(
-    service: KvService, st_data: SillyTavernData, stop_event: asyncio.Event
-) -> None:
-    """Run the chat-switch watcher until ``stop_event`` is set (a convenience for callers)."""
-    await ChatSwitchWatcher(service, st_data).run(stop_event)

@@ -1,4 +1,4 @@
-"""What the service layer hands back: frozen snapshots for the dashboard and operation outcomes.
+"""What the service hands back: frozen snapshots for the dashboard and operation outcomes.
 
 Plain data with no behaviour, shared by the service, the CLI, the proxy and the dashboard.
 """
@@ -9,9 +9,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Generic, TypeVar
+
+from kvtui.errors import KvtuiError
+
+T = TypeVar("T")
 
 
-class ServiceError(Exception):
+class ServiceError(KvtuiError):
     """A request kvtui refuses or cannot complete; the message says what to do."""
 
 
@@ -66,6 +71,8 @@ class SaveOutcome:
     n_written: int
     tag: str | None
     rotated: tuple[str, ...] = ()
+    unchanged: bool = False
+    """Nothing new was written: the slot still holds exactly what ``filename`` holds."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,6 @@ class LoadOutcome:
     n_restored: int
     from_other_chat: bool
     evicted: str | None = None
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,3 +97,40 @@ class RouteDecision:
     restored: LoadOutcome | None
     evicted: SaveOutcome | None
     evicted_character: str | None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One part of a batch that failed: what it was (a slot, a file) and the one-line reason."""
+
+    item: str
+    error: str
+
+
+@dataclass(frozen=True)
+class BatchResult(Generic[T]):
+    """What a batch operation (save all, load several) did: what worked and what failed.
+
+    Each part runs on its own; a failure is reported here (and in the event log) and the
+    batch goes on with the next part.
+    """
+
+    done: tuple[T, ...] = ()
+    failed: tuple[Failure, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return len(self.done) + len(self.failed)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@dataclass(frozen=True)
+class ChatContext:
+    """What the proxy needs to identify a request: the current chat, its members, the user."""
+
+    chat: str | None
+    members: tuple[str, ...] = ()
+    user_names: tuple[str, ...] = ()

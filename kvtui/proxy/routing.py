@@ -1,0 +1,200 @@
+"""Routing generations: who is speaking, what kind of turn it is, which slot it goes to, and
+the bookkeeping once the reply is complete.
+
+kvtui identifies the chat and character, classifies the generation against the character's
+previous request, has the service make a slot ready (restoring the character's latest save when
+it is not resident), pins the request to that slot with ``id_slot`` and, once the reply is
+complete, has the service count the message and autosave every N. Routing never blocks a
+request: if kvtui's own part fails, the request still goes through (logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kvtui.events import Kind
+from kvtui.proxy.gentype import (
+    Classification,
+    TurnMemory,
+    classify_generation,
+    classify_request,
+    remember,
+    request_prompt,
+    request_stop,
+)
+from kvtui.proxy.identity import Identity, infer_identity
+from kvtui.proxy.observer import ReplyObserver
+from kvtui.proxy.relay import RelayOutcome
+from kvtui.service import KvService
+from kvtui.slots import GenType
+
+_CHAT_TURNS = frozenset({GenType.NORMAL, GenType.REGENERATE, GenType.SWIPE, GenType.CONTINUE})
+
+
+@dataclass
+class Routed:
+    """A generation request after routing, kept until its reply is complete."""
+
+    identity: Identity
+    gen_type: GenType
+    counts_message: bool
+    slot: int | None
+    prompt: str | None
+    previous: TurnMemory | None
+    classification: Classification | None  # None for token-id prompts
+
+
+Forward = Callable[[ReplyObserver], Awaitable[RelayOutcome]]
+
+
+class GenerationRouter:
+    """Routes generation requests for one service and books their replies."""
+
+    def __init__(self, service: KvService) -> None:
+        self.service = service
+        self._turns: dict[tuple[str, str], TurnMemory | None] = {}
+        self._settling: set[asyncio.Future[None]] = set()
+
+    async def settled(self) -> None:
+        """Wait until the bookkeeping of every reply the client has seen end is done.
+
+        The client gets the end of a reply before kvtui counts it and autosaves (a save of a
+        big cache takes seconds; the user should not wait for it). The next routing waits for
+        that, so a group's next speaker never evicts a slot whose reply is still being booked.
+        """
+        while self._settling:
+            await asyncio.wait(set(self._settling))
+
+    async def serve(self, routed: Routed | None, forward: Forward) -> None:
+        """Relay the routed request with ``forward``, then book its reply."""
+        settling: list[asyncio.Future[None]] = []
+
+        def begin_settling() -> None:
+            if not settling:
+                settling.append(asyncio.get_running_loop().create_future())
+                self._settling.add(settling[0])
+
+        observer = ReplyObserver(streaming=False, on_end=begin_settling)
+        try:
+            outcome = await forward(observer)
+            begin_settling()
+            if routed is not None:
+                await self._finish(routed, observer, outcome)
+        finally:
+            for future in settling:
+                future.set_result(None)
+                self._settling.discard(future)
+
+    async def _recall(self, chat: str, character: str) -> TurnMemory | None:
+        """The character's last turn: in memory, else rebuilt from the recorded prompt (so a
+        swipe right after a kvtui restart is still recognised as one)."""
+        key = (chat, character)
+        if key in self._turns:
+            return self._turns[key]
+        memory: TurnMemory | None = None
+        recorded = await self.service.recorded_prompt(chat, character)
+        if recorded is not None:
+            result = classify_generation(
+                recorded.prompt, stop=request_stop(recorded.body), character=character
+            )
+            memory = remember(None, result, recorded.prompt, "")
+        self._turns[key] = memory
+        return memory
+
+    async def route(
+        self, headers: dict[str, str], data: dict[str, Any]
+    ) -> tuple[Routed | None, dict[str, Any]]:
+        """Identify, classify and route a generation; returns what to forward. Never raises."""
+        service = self.service
+        await self.settled()
+        await self._refresh()
+        try:
+            context = await service.chat_context()
+            users = list(context.user_names)
+            identity, forwarded = infer_identity(
+                data,
+                headers,
+                members=list(context.members),
+                current_chat=context.chat,
+                user_names=users,
+            )
+            previous = await self._recall(identity.chat, identity.character)
+            result = classify_request(
+                forwarded,
+                previous,
+                character=identity.character,
+                user_name=users[0] if users else None,
+                declared=identity.declared_type,
+            )
+        except Exception as err:  # noqa: BLE001 - a request is never blocked by kvtui's part
+            service.events.error(Kind.ROUTE, f"Could not identify a request: {err!r}")
+            return None, {k: v for k, v in data.items() if k != "kvtui"}
+        gen_type = result.gen_type if result is not None else GenType.NORMAL
+        counts = result.counts_message if result is not None else True
+        slot: int | None = None
+        try:
+            decision = await service.route(identity.chat, identity.character, gen_type)
+            slot = decision.slot
+        except Exception as err:  # noqa: BLE001 - logged; the request goes through
+            slot = service.resident_slot(identity.chat, identity.character)
+            where = (
+                f"sending it to its slot {slot} anyway"
+                if slot is not None
+                else "sending it on without a slot (llama-server picks one)"
+            )
+            service.events.error(
+                Kind.ROUTE,
+                f"Routing {identity.character} ({identity.chat}) failed: {err}; {where}.",
+            )
+        if slot is not None:
+            forwarded["id_slot"] = slot
+            forwarded["cache_prompt"] = True
+        prompt = request_prompt(forwarded)
+        if prompt is not None and gen_type in _CHAT_TURNS:
+            try:
+                # Recorded as the client sent it: prewarm picks its own slot.
+                request = {k: v for k, v in forwarded.items() if k != "id_slot"}
+                await service.record_prompt(identity.chat, identity.character, prompt, request)
+            except OSError as err:
+                service.events.error(Kind.ERROR, f"Could not record a prompt: {err}")
+        routed = Routed(identity, gen_type, counts, slot, prompt, previous, result)
+        return routed, forwarded
+
+    async def _finish(self, routed: Routed, observer: ReplyObserver, outcome: RelayOutcome) -> None:
+        """After the reply: remember the turn, count the message, autosave when due."""
+        ok = outcome.status == 200
+        reply = observer.text
+        # A stopped reply stays in SillyTavern's chat as it is, so it counts when it has text.
+        delivered = ok and (outcome.completed or (outcome.cancelled and bool(reply)))
+        if delivered and routed.classification is not None and routed.prompt is not None:
+            key = (routed.identity.chat, routed.identity.character)
+            self._turns[key] = remember(
+                routed.previous, routed.classification, routed.prompt, reply
+            )
+        if routed.slot is None:
+            return
+        tokens = observer.cached_tokens() if ok and outcome.completed else None
+        try:
+            await self.service.finish_generation(
+                routed.slot,
+                counts_message=routed.counts_message and delivered,
+                tokens=tokens,
+                chat=routed.identity.chat,
+                character=routed.identity.character,
+            )
+        except Exception as err:  # noqa: BLE001 - logged; the reply has reached the client
+            self.service.events.error(
+                Kind.AUTOSAVE, f"Bookkeeping after a reply in slot {routed.slot} failed: {err}"
+            )
+        await self._refresh()
+
+    async def _refresh(self) -> None:
+        """Poll ``/slots`` around each generation: a restarted llama-server (its task ids start
+        again) is noticed before routing, so caches it lost are restored, not assumed."""
+        try:
+            await self.service.refresh(max_age=0.25)
+        except Exception as err:  # noqa: BLE001 - refresh never raises; logged if it does
+            self.service.events.error(Kind.CONNECTION, f"Could not poll llama-server: {err!r}")

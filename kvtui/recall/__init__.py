@@ -1,0 +1,28 @@
+"""Memory recall injected where the user puts a macro, without busting the cached prompt.
+
+The proxy calls :meth:`RecallEngine.apply` for each generation request: it finds the
+``{{kvtui_memories}}`` (per-turn recall) and ``{{kvtui_longterm}}`` (stable long-term block)
+macros, chooses the chat's kvtui memories World-Info style (:mod:`kvtui.recall.select`), keeps
+the recall per (chat, character) right across swipe, regenerate, edit and delete
+(:mod:`kvtui.recall.engine`), and returns the body to forward with telemetry. Service layer: no
+textual here.
+"""
+
+from __future__ import annotations
+
+from kvtui.recall.engine import Decision, RecallEngine, RecallOutcome, RecallTelemetry
+from kvtui.recall.memories import LorebookSource, Memory, MemorySource, StaticSource
+from kvtui.recall.settings import RecallSettings, SwipePolicy
+
+__all__ = [
+    "Decision",
+    "LorebookSource",
+    "Memory",
+    "MemorySource",
+    "RecallEngine",
+    "RecallOutcome",
+    "RecallSettings",
+    "RecallTelemetry",
+    "StaticSource",
+    "SwipePolicy",
+]

@@ -1,0 +1,164 @@
+"""Automatic mode's decisions: which slot a generation goes to, what happens after its reply,
+and the seed's chat switch.
+
+Resident characters keep their slot; a newcomer gets a free slot or evicts the least-used one
+(saving it first); on a new residency the character's latest save for the chat is restored once.
+After a reply the message is counted and every N messages the slot is autosaved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from kvtui.events import Kind
+from kvtui.llama import LlamaError
+from kvtui.service.core import ServiceCore
+from kvtui.service.loads import Loads
+from kvtui.service.outcomes import LoadOutcome, RouteDecision, SaveOutcome
+from kvtui.service.saves import SAVE_FAILURES, Saves
+from kvtui.slots import Allocation, GenType
+
+
+class Automatic:
+    """Routing and bookkeeping of generations for one service. Callers hold ``core.lock``."""
+
+    def __init__(self, core: ServiceCore, saves: Saves, loads: Loads) -> None:
+        self.core = core
+        self.saves = saves
+        self.loads = loads
+
+    async def route(
+        self,
+        chat: str,
+        character: str,
+        gen_type: GenType,
+        *,
+        protected: Iterable[int] = (),
+        prompt: str | None = None,
+    ) -> RouteDecision:
+        """Make a slot ready for a character's generation and return it.
+
+        Resident characters keep their slot. Otherwise the seed's allocation runs (free slot,
+        else evict the least-used after saving it). On a new residency the character's latest
+        save for this chat is restored first, once — never over a live cache, so swipes and
+        continues only restore when nothing of the character is in memory.
+        """
+        core = self.core
+        await core.ensure_props()
+        slot = core.book.find(chat, character)
+        resident = slot is not None
+        evicted: SaveOutcome | None = None
+        evicted_character: str | None = None
+        if slot is None:
+            allocation = self.loads.allocate(chat, character, protected)
+            slot = allocation.slot
+            evicted = await self._evict(allocation)
+            if allocation.evicted is not None:
+                evicted_character = allocation.evicted.character
+        restored: LoadOutcome | None = None
+        if not core.book.record(slot).autoload_done:
+            restored = await self.loads.autoload(slot, chat, character, prompt)
+        if gen_type is not GenType.IMPERSONATE:
+            core.book.count_generation(slot, gen_type)
+        core.persist()
+        if not resident:
+            core.events.info(Kind.ROUTE, f"{character} ({chat}) → slot {slot}.")
+        return RouteDecision(
+            slot=slot,
+            chat=chat,
+            character=character,
+            resident=resident,
+            restored=restored,
+            evicted=evicted,
+            evicted_character=evicted_character,
+        )
+
+    async def _evict(self, allocation: Allocation) -> SaveOutcome | None:
+        if allocation.evicted is None or not allocation.evicted.character:
+            return None
+        return await self.saves.farewell(allocation, required=False)
+
+    async def finish_generation(
+        self,
+        slot: int,
+        *,
+        counts_message: bool,
+        tokens: int | None = None,
+        chat: str | None = None,
+        character: str | None = None,
+    ) -> SaveOutcome | None:
+        """Count a finished generation's message and autosave every N messages.
+
+        With ``chat`` and ``character`` (who the generation was routed for), nothing is
+        counted when someone else has taken the slot meanwhile (a load or a chat switch).
+        """
+        core = self.core
+        book, settings = core.book, core.settings
+        if character is not None and book.find(chat or "", character) != slot:
+            return None
+        if tokens is not None:
+            book.set_tokens(slot, tokens)
+        if not counts_message:
+            core.persist()
+            return None
+        book.count_message(slot)
+        record = book.record(slot)
+        due = (
+            settings.autosave_enabled
+            and core.store is not None
+            and record.character is not None
+            and book.messages_until_save(slot, settings.autosave_every) <= 0
+        )
+        if not due:
+            core.persist()
+            return None
+        try:
+            return await self.saves.save(slot, autosave=True)
+        except SAVE_FAILURES as err:
+            core.events.error(Kind.AUTOSAVE, f"Autosave of slot {slot} failed: {err}")
+            return None
+
+    async def switch_chat(self, chat: str, characters: Sequence[str] = ()) -> list[SaveOutcome]:
+        """The seed's chat switch: save used characters, clear all slots, place the new chat's.
+
+        With ``clear_on_chat_switch`` off only the current chat changes. A character whose
+        save fails keeps its slot (work that could not be saved is never erased).
+        """
+        core = self.core
+        previous, core.current_chat = core.current_chat, chat
+        if not core.settings.clear_on_chat_switch:
+            return []
+        saved: list[SaveOutcome] = []
+        unsaved: set[int] = set()
+        for record in core.book.snapshot():
+            if not Allocation.replacing(record).save_first or core.store is None:
+                continue
+            try:
+                saved.append(await self.saves.save(record.slot, autosave=True))
+            except SAVE_FAILURES as err:
+                core.events.error(
+                    Kind.CHAT_SWITCH,
+                    f"Could not save {record.character}: {err}. Its slot is kept, not erased.",
+                )
+                unsaved.add(record.slot)
+        props = await core.ensure_props()
+        free: list[int] = []
+        for slot in range(props.total_slots):
+            if slot in unsaved:
+                continue  # never erase work that could not be saved
+            try:
+                await core.client.erase(slot)
+            except LlamaError as err:
+                core.events.error(Kind.CHAT_SWITCH, f"Could not erase slot {slot}: {err}")
+            core.book.release(slot)
+            free.append(slot)
+        for slot, character in zip(free, characters, strict=False):
+            core.book.assign(slot, chat, character)
+        core.persist()
+        placed = min(len(characters), len(free))
+        core.events.info(
+            Kind.CHAT_SWITCH,
+            f"Chat switch {previous or '(none)'} → {chat}: saved {len(saved)}, "
+            f"cleared {len(free)} slots, placed {placed}.",
+        )
+        return saved

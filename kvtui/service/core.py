@@ -1,0 +1,121 @@
+"""The state every part of the service shares, and the one place it is kept.
+
+``ServiceCore`` holds the llama-server client, the save store, the slot book, the server's props,
+the connection state, the current chat, the SillyTavern data directory and the prompt recorder,
+plus the lock that serialises changes to the book and the slots. The service's rooms (monitor,
+saves, loads, slot actions, automatic mode) each receive the one core; nobody outside the
+``kvtui.service`` package touches it: the rest of kvtui talks to :class:`KvService`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from kvtui.atomic import private_dir, write_atomic
+from kvtui.events import EventLog, Kind
+from kvtui.llama import LlamaClient
+from kvtui.llama.models import Props
+from kvtui.service.outcomes import ConnectionState, ServiceError
+from kvtui.service.prompts import PromptRecorder
+from kvtui.settings import Settings
+from kvtui.sillytavern import SillyTavernData
+from kvtui.slots import SlotBook
+from kvtui.store import SaveStore
+from kvtui.store.names import normalize
+
+
+class ServiceCore:
+    """The shared, mutable state of one ``KvService``; rooms change it under ``lock``."""
+
+    def __init__(
+        self, settings: Settings, *, client: LlamaClient | None, events: EventLog | None
+    ) -> None:
+        self.settings = settings
+        self.events = events or EventLog()
+        self.client = client or new_client(settings)
+        self.store: SaveStore | None = SaveStore(settings.save_dir) if settings.save_dir else None
+        self.book = SlotBook.load(settings.book_path)
+        self.st_data: SillyTavernData | None = (
+            SillyTavernData(settings.st_dir) if settings.st_dir else None
+        )
+        self.recorder = PromptRecorder(settings.prompts_dir)
+        self.props: Props | None = None
+        self.state = ConnectionState.UNKNOWN
+        self.current_chat: str | None = None
+        self.lock = asyncio.Lock()
+        """Held while the book and the slots are changed; one operation at a time."""
+        self._persisted: tuple[Path, str] | None = None
+
+    def persist(self) -> None:
+        """Write the slot book atomically (it survives a crash or a restart of kvtui).
+
+        Unchanged books are not written again: swipes and polls change nothing, and each
+        write is fsynced on the event loop the proxy's streams share.
+        """
+        text = self.book.to_json()
+        target = self.settings.book_path
+        if self._persisted == (target, text):
+            return
+        try:
+            private_dir(target.parent)
+            write_atomic(target, text)
+        except OSError as err:
+            self.events.error(Kind.ERROR, f"Could not write the slot book: {err}")
+            return
+        self._persisted = (target, text)
+
+    def adopt_props(self, props: Props) -> None:
+        """Size the book to the server's slots (dropping characters in slots that went away)."""
+        if self.book.n_slots != props.total_slots:
+            dropped = self.book.resize(props.total_slots)
+            for record in dropped:
+                if record.character:
+                    self.events.warning(
+                        Kind.CONNECTION,
+                        f"Slot {record.slot} no longer exists; {record.character} was dropped.",
+                    )
+            self.persist()
+        self.props = props
+
+    async def ensure_props(self) -> Props:
+        if self.props is None:
+            self.adopt_props(await self.client.props())
+        assert self.props is not None
+        return self.props
+
+    def require_store(self) -> SaveStore:
+        if self.store is None:
+            raise ServiceError(
+                "No save directory is set. Give kvtui the server's --slot-save-path directory "
+                "with --save-dir DIR (or save_dir in the config file)."
+            )
+        return self.store
+
+    @property
+    def total_slots(self) -> int:
+        """The server's slot count as last seen (the book's size before the first look)."""
+        if self.props is not None:
+            return self.props.total_slots
+        return self.client.total_slots or self.book.n_slots
+
+    def slot_problem(self, slot: int) -> str | None:
+        """Why ``slot`` is not a slot of this server (llama-server would wrap it), or None."""
+        total = self.total_slots
+        if 0 <= slot < total:
+            return None
+        return f"slot {slot} does not exist: the server has slots 0 to {total - 1}"
+
+    def check_slot(self, slot: int) -> None:
+        problem = self.slot_problem(slot)
+        if problem is not None:
+            raise ServiceError(f"{problem.capitalize()}.")
+
+
+def new_client(settings: Settings) -> LlamaClient:
+    return LlamaClient(settings.server_url, api_key=settings.api_key, save_dir=settings.save_dir)
+
+
+def same_chat(a: str, b: str) -> bool:
+    """Whether two chat ids name the same chat (as the store compares names)."""
+    return normalize(a) == normalize(b)
