@@ -69,7 +69,7 @@ async def running(
     events: list[Event] = []
     service.events.subscribe(events.append)
     assert settings.st_dir is not None
-    proxy = ProxyServer(service, settings, SillyTavernData(settings.st_dir), port=0)
+    proxy = ProxyServer(service, port=0)
     await proxy.start()
     yield service, proxy, events
     await proxy.stop()
@@ -133,9 +133,7 @@ async def test_the_demo_dashboard_plays_turns_by_key(
     settings = fresh_settings(demo_server, tmp_path)
     app = make_app(settings, demo_slots=N_SLOTS)
     async with app.run_test(size=(80, 24)) as pilot:
-        proxy = ProxyServer(
-            app.service, settings, SillyTavernData(settings.st_dir or tmp_path), port=0
-        )
+        proxy = ProxyServer(app.service, port=0)
         await proxy.start()
         app.proxy = proxy
         screen = app.screen_stack[0]

@@ -210,3 +210,14 @@ def test_header_says_what_the_connection_is_doing() -> None:
     ok = str(server_lines(header(ConnectionState.CONNECTED, "stale error"), None, None))
     assert ok.startswith("● connected   server http://127.0.0.1:8080") and "stale" not in ok
     assert "slots 4 × 1024 tokens" in ok
+
+
+def test_list_settings_are_edited_as_comma_separated_text() -> None:
+    from kvtui.tui.screens.settings_form import field_text
+
+    candidate = Settings.model_construct(allowed_origins=["http://a:1", "http://b:2"])
+    assert field_text(candidate, "allowed_origins") == "http://a:1, http://b:2"
+    assert validate_field(candidate, "allowed_origins", " http://c:3 ,, http://d:4 ") is None
+    assert candidate.allowed_origins == ["http://c:3", "http://d:4"]
+    assert validate_field(candidate, "allowed_hosts", "") is None
+    assert candidate.allowed_hosts == []

@@ -54,6 +54,10 @@ def _is_bool(name: str) -> bool:
     return Settings.model_fields[name].annotation is bool
 
 
+def _is_list(name: str) -> bool:
+    return typing.get_origin(Settings.model_fields[name].annotation) is list
+
+
 def value_text(value: object) -> str:
     """A value as a person types it: ``20`` for 20.0, ``1.5`` for 1.5, paths as written."""
     if value is None:
@@ -68,6 +72,8 @@ def field_text(settings: Settings, name: str) -> str:
     value = getattr(settings, name)
     if name == "keymap":
         return keymap_to_text(value)
+    if _is_list(name):
+        return ", ".join(str(item) for item in value)
     return value_text(value)
 
 
@@ -105,6 +111,8 @@ def validate_field(
                 value = keymap_from_text(raw)
             except ValueError as err:
                 return str(err)
+        elif _is_list(name):
+            value = [item.strip() for item in raw.split(",") if item.strip()]
         elif not raw:
             if not _optional(name):
                 return "A value is required."
@@ -163,7 +171,12 @@ class SettingsScreen(ModalScreen[Settings | None]):
                                 yield Label(switch_text(on_), id=f"state-{name}")
                         else:
                             yield Input(
-                                field_text(self._settings, name), id=f"field-{name}", compact=True
+                                field_text(self._settings, name),
+                                placeholder="several, separated by commas"
+                                if _is_list(name)
+                                else "",
+                                id=f"field-{name}",
+                                compact=True,
                             )
                         yield Label("", classes="field-error", id=f"error-{name}", markup=False)
             with Horizontal(classes="dialog-buttons"):
