@@ -357,6 +357,11 @@ class KvService:
         async with self._core.lock:
             return await self._automatic.switch_chat(chat, characters)
 
+    def job_gate(self) -> asyncio.Lock:
+        """Held by a background job (a memory) that borrows a character's slot: no routing,
+        save or load runs meanwhile, so no character is sent into the borrowed slot."""
+        return self._core.lock
+
     async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
         """The server's token ids of ``text`` (``add_special``: with BOS, as a prompt)."""
         return await self._core.client.tokenize(text, add_special=add_special)

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from kvtui.chatref import chat_label
 from kvtui.service import SlotRow
+from kvtui.warmth import SessionSummary, SlotWarmth
 
 DASH = "—"
 
@@ -26,6 +27,7 @@ SLOT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("usage", "Used"),
     ("autosave", "Autosave"),
     ("last_save", "Saved"),
+    ("hit", "Last turn"),
 )
 """The slot table's columns as (key, label), in display order (short: 80 columns fit)."""
 
@@ -93,14 +95,62 @@ def plain(value: str | None) -> Text:
     return Text(value) if value else Text(DASH, style="dim")
 
 
+REASON_WORDS = {
+    "evicted_unsaved": "evicted",
+    "older_save": "older save",
+    "server_restart": "restart",
+    "chat_switch": "chat switch",
+    "prompt_changed_early": "early change",
+    "identity_unsure": "unsure",
+    "no_save": "no save",
+    "server_choice": "server",
+}
+"""A loss reason (``kvtui.warmth.Reason``) in the one or two words the table has room for."""
+
+
+def slot_hit(warmth: SlotWarmth | None) -> Text:
+    """The slot's last turn: the share of the prompt that came from the cache, and the reason
+    of a loss (``98%``, ``4% restart``)."""
+    if warmth is None or warmth.prompt <= 0:
+        return Text(DASH)
+    share = f"{round(100 * warmth.cached / warmth.prompt)}%"
+    if not warmth.reason or not warmth.lost_tokens:
+        return Text(share)
+    word = REASON_WORDS.get(warmth.reason, warmth.reason)
+    return Text.assemble(share, " ", (word, "bold"))
+
+
+def session_line(summary: SessionSummary | None) -> str:
+    """The session in one line: hit ratio, tokens (and time) saved, the top loss."""
+    if summary is None or not summary.turns:
+        return "session: no turns yet"
+    parts = [f"session: {summary.turns} turns", f"{summary.hit_ratio:.0%} cached"]
+    saved = f"{summary.cached_tokens:,} tokens saved"
+    if summary.seconds_saved:
+        saved += f" (~{summary.seconds_saved:.0f} s)"
+    parts.append(saved)
+    if summary.by_reason:
+        top = max(summary.by_reason, key=lambda r: r.tokens)
+        parts.append(f"top loss: {REASON_WORDS.get(top.reason, top.reason)} {top.tokens:,}")
+    return " · ".join(parts)
+
+
 def slot_cells(
-    row: SlotRow, now: datetime | None = None, titles: Mapping[str, str] | None = None
+    row: SlotRow,
+    now: datetime | None = None,
+    titles: Mapping[str, str] | None = None,
+    warmth: Mapping[int, SlotWarmth] | None = None,
 ) -> dict[str, str | Text]:
     """Every cell of one slot row, keyed by column key.
 
-    ``titles`` maps chat ids to SillyTavern's names for them (a group chat's id is a timestamp).
+    ``titles`` maps chat ids to SillyTavern's names for them (a group chat's id is a timestamp);
+    ``warmth`` holds each slot's last routed turn (automatic mode).
     """
+    last = (warmth or {}).get(row.slot)
+    if last is not None and (last.character != row.character):
+        last = None  # the slot changed hands since
     return {
+        "hit": slot_hit(last),
         "slot": str(row.slot),
         "state": slot_state(row),
         "character": plain(row.character),

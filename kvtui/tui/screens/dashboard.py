@@ -47,6 +47,9 @@ ACTIONS = [
     _binding("l", "load", "Load", "Pick saves to load: chat, then character, then save."),
     _binding("p", "prewarm", "Prewarm", "Warm every chosen member of a chat before it starts."),
     _binding("f2", "settings", "Settings", "Edit, validate, save and apply the settings."),
+    _binding(
+        "m", "memory", "Memory", "Make a scene memory of a chat into its lorebook.", show=False
+    ),
     # Off the footer at 80 columns; in the help (?), the palette (ctrl+p) and the log's hint.
     _binding(
         "c", "assign", "Assign", "Assign a chat and character to the selected slot.", show=False
@@ -216,6 +219,11 @@ class DashboardScreen(LiveScreen):
 
     def action_prewarm(self) -> None:
         self.app.push_screen(PrewarmScreen(self.service))
+
+    def action_memory(self) -> None:
+        from kvtui.tui.screens.memory import MemoryScreen
+
+        self.app.push_screen(MemoryScreen(self.service, self.service.current_chat))
 
     def action_refresh(self) -> None:
         self.poll()

@@ -30,11 +30,13 @@ from kvtui.events import Event, Kind, Level
 from kvtui.service import ConnectionState, KvService, SlotRow, Snapshot
 from kvtui.settings import Settings
 from kvtui.tui.errors import report_worker_error
+from kvtui.tui.format import session_line
 from kvtui.tui.lookups import chat_titles
 from kvtui.tui.reports import Report
 from kvtui.tui.widgets.event_log import EventLogPanel
 from kvtui.tui.widgets.server_info import Retry, ServerInfo, model_name
 from kvtui.tui.widgets.slot_table import SlotTable
+from kvtui.warmth import SlotWarmth, WarmthLedger
 
 MAX_RETRY_DELAY = 15.0
 """Longest wait between polls of an unreachable server, in seconds."""
@@ -132,8 +134,20 @@ class LiveScreen(Screen[None]):
             log.rerender()
         if self.snapshot is not None:
             self.query_one(SlotTable).show_rows(
-                self.snapshot.rows, now=self.snapshot.taken_at, titles=self.chat_titles
+                self.snapshot.rows,
+                now=self.snapshot.taken_at,
+                titles=self.chat_titles,
+                warmth=self.warmth(),
             )
+
+    def ledger(self) -> WarmthLedger | None:
+        """The proxy's per-turn accounting, when automatic mode runs in this app."""
+        proxy = getattr(self.app, "proxy", None)
+        return proxy.app.extras.ledger if proxy is not None else None
+
+    def warmth(self) -> dict[int, SlotWarmth]:
+        ledger = self.ledger()
+        return {w.slot: w for w in ledger.slots()} if ledger is not None else {}
 
     def _relay_service_event(self, event: Event) -> None:
         # Subscribers run inside the service's call; hand the event to the UI's queue instead,
@@ -193,7 +207,11 @@ class LiveScreen(Screen[None]):
             retry = Retry(self._failures, retry_delay(self.settings.poll_interval, self._failures))
         self.query_one(ServerInfo).show(snapshot, retry)
         table = self.query_one(SlotTable)
-        table.show_rows(snapshot.rows, now=snapshot.taken_at, titles=self.chat_titles)
+        table.show_rows(
+            snapshot.rows, now=snapshot.taken_at, titles=self.chat_titles, warmth=self.warmth()
+        )
+        ledger = self.ledger()
+        table.border_subtitle = session_line(ledger.summary()) if ledger is not None else ""
         # While the server does not answer, the rows are what kvtui last knew: say so.
         table.set_class(not healthy, "stale")
         table.border_title = (
