@@ -11,12 +11,14 @@ request: if kvtui's own part fails, the request still goes through (logged).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kvtui.events import Kind
 from kvtui.fingerprint import canonical_text
+from kvtui.memory.settings import MemorySettings
 from kvtui.proxy.chatidentity import refresh_and_identify
 from kvtui.proxy.extras import RouterExtras
 from kvtui.proxy.gentype import (
@@ -29,6 +31,7 @@ from kvtui.proxy.gentype import (
     request_stop,
 )
 from kvtui.proxy.identity import Identity, infer_identity
+from kvtui.proxy.jobshape import JobKind, background_job
 from kvtui.proxy.observer import ReplyObserver
 from kvtui.proxy.relay import RelayOutcome
 from kvtui.service import KvService, RouteDecision, SaveOutcome
@@ -51,6 +54,8 @@ class Routed:
     previous: TurnMemory | None
     classification: Classification | None  # None for token-id prompts
     ticket: TurnTicket | None = None
+    lease: contextlib.AsyncExitStack | None = None
+    """A background job's lent slot, given back once its reply is through."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +103,13 @@ class GenerationRouter:
 
         observer = ReplyObserver(streaming=False, on_end=begin_settling)
         try:
-            outcome = await forward(observer)
+            try:
+                outcome = await forward(observer)
+            finally:
+                if routed is not None and routed.lease is not None:
+                    await routed.lease.aclose()
             begin_settling()
-            if routed is not None:
+            if routed is not None and routed.lease is None:
                 await self._finish(routed, observer, outcome)
         finally:
             for future in settling:
@@ -180,6 +189,9 @@ class GenerationRouter:
             identified.classification,
         )
         gen_type = result.gen_type if result is not None else GenType.NORMAL
+        job = background_job(forwarded, gen_type)
+        if job is not None:
+            return await self._route_job(job, identified, gen_type)
         # An unsure chat is never counted or autosaved: a save must not lie about its chat.
         counts = (result.counts_message if result is not None else True) and identity.sure
         if identity.sure and service.current_chat != identity.chat:
@@ -217,6 +229,33 @@ class GenerationRouter:
         )
         ticket = self.extras.begin(decision, identity, gen_type, slot, prompt, previous_prompt)
         routed = Routed(identity, gen_type, counts, slot, prompt, previous, result, ticket)
+        return routed, forwarded
+
+    async def _route_job(
+        self, job: JobKind, identified: Identified, gen_type: GenType
+    ) -> tuple[Routed | None, dict[str, Any]]:
+        """A background job: the utility slot, or a lent slot given back after the reply."""
+        service, identity, forwarded = self.service, identified.identity, identified.forwarded
+        utility = memory_slot(service.settings)
+        stack = contextlib.AsyncExitStack()
+        try:
+            if job == "transcript" and utility is not None:
+                slot, how = utility, "the utility slot"
+            else:
+                own = service.resident_slot(identity.chat, identity.character)
+                preferred = own if job == "quiet" and identity.sure else None
+                slot = await stack.enter_async_context(service.borrowed_slot(preferred))
+                how = "its own slot, parked and given back" if slot == own else "a lent slot"
+        except Exception as err:  # noqa: BLE001 - logged; the request goes through unpinned
+            await stack.aclose()
+            service.events.error(Kind.ROUTE, f"No slot for a background job: {err}")
+            return None, forwarded
+        forwarded["id_slot"] = slot
+        forwarded["cache_prompt"] = True
+        service.events.info(
+            Kind.ROUTE, f"Background job ({job}) for {identity.character}: slot {slot}, {how}."
+        )
+        routed = Routed(identity, gen_type, False, slot, None, None, None, None, stack)
         return routed, forwarded
 
     async def _finish(self, routed: Routed, observer: ReplyObserver, outcome: RelayOutcome) -> None:
@@ -257,3 +296,11 @@ class GenerationRouter:
             await self.service.refresh(max_age=0.25)
         except Exception as err:  # noqa: BLE001 - refresh never raises; logged if it does
             self.service.events.error(Kind.CONNECTION, f"Could not poll llama-server: {err!r}")
+
+
+def memory_slot(settings: Any) -> int | None:
+    """The slot reserved for memory jobs (``memory_slot``), if the user set one."""
+    try:
+        return MemorySettings.from_settings(settings).memory_slot
+    except ValueError:
+        return None

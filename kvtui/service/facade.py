@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from kvtui.events import EventLog, Kind
 from kvtui.llama import CompletionResult, LlamaClient
 from kvtui.llama.models import Props, SlotState
 from kvtui.service.automatic import Automatic
+from kvtui.service.borrow import borrowed_slot
 from kvtui.service.chats import ChatFollower
 from kvtui.service.core import ServiceCore, new_client
 from kvtui.service.loads import Loads
@@ -356,6 +358,11 @@ class KvService:
         """The seed's chat switch: save used characters, clear all slots, place the new chat's."""
         async with self._core.lock:
             return await self._automatic.switch_chat(chat, characters)
+
+    def borrowed_slot(self, preferred: int | None = None) -> AbstractAsyncContextManager[int]:
+        """``async with service.borrowed_slot(slot) as slot:`` — a slot for one background job,
+        its occupant parked before and restored after (see :mod:`kvtui.service.borrow`)."""
+        return borrowed_slot(self._core, preferred)
 
     def job_gate(self) -> asyncio.Lock:
         """Held by a background job (a memory) that borrows a character's slot: no routing,
