@@ -281,3 +281,32 @@ async def test_second_server_takes_the_job(
         assert await client.slots() == before
         async with LlamaClient(strict_server.url) as memory_client:
             assert any(s.n_prompt_tokens for s in await memory_client.slots())
+
+
+async def test_borrow_for_a_forwarded_request_keeps_the_cache(
+    strict_server: EmbeddedServer,
+) -> None:
+    """What the proxy does with a MemoryBooks-shaped request and no utility slot: forward it
+    inside ``runner.borrow()``; the character parked there keeps its cache."""
+    from kvtui.memory.recognize import JobKind, recognize_job
+
+    assert (shape := recognize_job(JOB_PROMPT)) is not None and shape.kind is JobKind.MEMORYBOOKS
+    async with LlamaClient(strict_server.url, save_dir=strict_server.save_dir) as client:
+        prompts = await fill_slots(client)
+        first, _ = await turn(client, 0, prompts[0])
+        follow_up = prompts[0] + first + " and then Mira laughed."
+        await client.erase(0)
+        await turn(client, 0, prompts[0])
+        _, baseline = await turn(client, 0, follow_up)
+        await client.erase(0)
+        await turn(client, 0, prompts[0])
+
+        runner = JobRunner(client, MemorySettings(), gate=asyncio.Lock())
+        async with runner.borrow() as borrowed:
+            assert borrowed.slot == 0 and borrowed.filename is not None
+            forwarded = await client.completion(
+                JOB_PROMPT, n_predict=700, id_slot=borrowed.slot, json_schema=SCHEMA
+            )
+        check_schema_valid(forwarded.content)
+        _, with_job = await turn(client, 0, follow_up)
+        assert with_job == baseline

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from textual.app import App
 from textual.pilot import Pilot
-from textual.widgets import Button, Input, TextArea
+from textual.widgets import Button, Input, OptionList, TextArea
 
 from kvtui.memory.prompt import preset_library
 from kvtui.tui.screens.memory_presets import PresetManager
@@ -64,6 +64,13 @@ async def test_preset_manager(tmp_path: Path) -> None:
 
         await act(pilot, manager, "#presets-reset")
         assert "Minimal" in library.names() and "Tiny" in library.names()
+        listing = manager.query_one("#presets-list", OptionList)
+        listing.highlighted = library.names().index("Tiny")
+        for _ in range(1000):
+            if manager.selected == "Tiny":
+                break
+            await pilot.pause(0.02)
+        assert manager.query_one("#presets-name", Input).value == "Tiny"
         manager.query_one("#presets-name", Input).value = "Synopsis"
         await act(pilot, manager, "ctrl+s")
         assert "error" in manager.query_one("#presets-status").classes  # the name is taken
