@@ -15,19 +15,19 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from kvtui.fingerprint import canonical_text
+from kvtui.memory.recognize import JobKind as RecognizedKind
+from kvtui.memory.recognize import recognize_job
 from kvtui.slots import GenType
 
 JobKind = Literal["transcript", "quiet"]
 
-TRANSCRIPT_MARKERS = ("=== SCENE TRANSCRIPT ===", "=== END SCENE ===")
-"""Text MemoryBooks (and kvtui's memory prompt) put around the scene to summarise."""
-
 
 def background_job(body: Mapping[str, Any], gen_type: GenType) -> JobKind | None:
-    """What kind of background job ``body`` is, or None for a character's turn."""
-    text = canonical_text(body)
-    if any(marker in text for marker in TRANSCRIPT_MARKERS):
+    """What kind of background job ``body`` is, or None for a character's turn (the shapes
+    are :func:`kvtui.memory.recognize.recognize_job`'s)."""
+    shape = recognize_job(canonical_text(body))
+    if shape is not None and shape.kind is RecognizedKind.MEMORYBOOKS:
         return "transcript"
-    if gen_type is GenType.QUIET:
+    if shape is not None or gen_type is GenType.QUIET:
         return "quiet"
     return None
