@@ -257,3 +257,39 @@ def test_llama_server_reused_the_previous_prompt(run: Run) -> None:
     cached = [None if g.timings is None else int(g.timings.get("cache_n", 0)) for g in run.gens]
     bad = _cache_failures(run, cached)
     assert not bad, f"{len(bad)} turns lost their cache {run.where()}:\n" + "\n".join(bad)
+
+
+def test_no_save_holds_another_chats_prompt(run: Run) -> None:
+    """Each save's sidecar fingerprint (contracts.md) matches its own chat and character best."""
+    saves = sorted((run.workdir / "slot-saves").glob("*.bin.json"))
+    saves = [p for p in saves if not p.name.startswith(".kvtui-")]
+    assert saves, f"kvtui made no saves in this session {run.where()}"
+    try:
+        from kvtui.fingerprint import PromptFingerprint  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        pytest.fail("kvtui.fingerprint (contracts.md) is not built yet: sidecars carry no prompt")
+    wrong = []
+    for path in saves:
+        side = json.loads(path.read_text(encoding="utf-8"))
+        if "fingerprint" not in side:
+            wrong.append(f"{path.name}: no fingerprint in the sidecar")
+            continue
+        fp = PromptFingerprint.from_json(side["fingerprint"])
+        own = [
+            g.prompt
+            for g in run.gens
+            if (g.expected.chat, g.expected.character) == (side["chat"], side["character"])
+        ]
+        other = [
+            g.prompt
+            for g in run.gens
+            if (g.expected.chat, g.expected.character) != (side["chat"], side["character"])
+        ]
+        best_own = max((fp.common_prefix_chars(p) for p in own), default=0)
+        best_other = max((fp.common_prefix_chars(p) for p in other), default=0)
+        if best_own <= best_other:
+            wrong.append(
+                f"{path.name} ({side['chat']}, {side['character']}): matches its own prompts "
+                f"for {best_own} chars, another chat's or character's for {best_other}"
+            )
+    assert not wrong, "\n".join(wrong)
