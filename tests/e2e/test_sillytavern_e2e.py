@@ -45,6 +45,7 @@ class Gen:
     """One generation of the session: what it is, what the tap saw, what it had to reuse."""
 
     n: int
+    seq: int  # the tap's arrival number (shared with the events)
     expected: Any  # tests.e2e.session.Expected
     path: str
     status: int | None
@@ -60,7 +61,8 @@ class Run:
     variant: str
     gens: list[Gen]
     turns: list[dict[str, Any]]
-    events: list[dict[str, Any]]
+    events: list[tuple[int, dict[str, Any]]]  # (the tap's arrival number, event)
+    opens: list[str]  # the chats the session opened, in order
     workdir: Path
 
     def where(self) -> str:
@@ -101,13 +103,14 @@ def _run_session(variant: str, workdir: Path) -> Run:
     chromium = chromium_path()
     assert chromium is not None
     stack = Stack(workdir, install_extension=variant == "extension")
+    opens: list[str] = []
     with stack:
         with sync_playwright() as pw:
             context, page = launch(pw, chromium, str(workdir / "profile"))
             try:
                 st = StPage(page, stack)
                 st.open()
-                expected = run_session(st)
+                expected = run_session(st, on_open=lambda *a: opens.append(a[3]))
             except Exception:
                 page.screenshot(path=str(workdir / "failure.png"))
                 raise
@@ -115,7 +118,11 @@ def _run_session(variant: str, workdir: Path) -> Run:
                 context.close()
         assert stack.tap is not None and stack.llama is not None
         records = stack.tap.generations()
-        events = [r.body for r in stack.tap.events() if r.path == "/kvtui/v1/event"]
+        events = [
+            (r.seq, r.body)
+            for r in stack.tap.events()
+            if r.path == "/kvtui/v1/event" and isinstance(r.body, dict)
+        ]
         gens: list[Gen] = []
         last: dict[tuple[str, str], int] = {}
         for n, (exp, rec) in enumerate(zip(expected, records, strict=False)):
@@ -130,12 +137,14 @@ def _run_session(variant: str, workdir: Path) -> Run:
                     tokens = _post(stack.llama.url + "/tokenize", {"content": prefix})["tokens"]
                     must = max(0, len(tokens) - SLACK_TOKENS)
             last[key] = n
-            gens.append(Gen(n, exp, rec.path, rec.status, body, rec.timings, prompt, prev, must))
+            gens.append(
+                Gen(n, rec.seq, exp, rec.path, rec.status, body, rec.timings, prompt, prev, must)
+            )
         assert len(records) == len(expected), (
             f"{len(records)} generation requests reached kvtui for {len(expected)} generations"
         )
         turns = stack.turns()
-    return Run(variant, gens, turns, [e for e in events if isinstance(e, dict)], workdir)
+    return Run(variant, gens, turns, events, opens, workdir)
 
 
 @pytest.fixture(scope="module", params=["plain", "extension"])
@@ -180,19 +189,23 @@ def test_the_extension_identity_reaches_kvtui(run: Run) -> None:
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_extension_reports_every_chat_open(run: Run) -> None:
-    opened = [e["chat"] for e in run.events if e.get("type") == "chat_opened"]
+def test_the_extension_reports_every_chat_open_before_its_requests(run: Run) -> None:
+    opened = [e["chat"] for _, e in run.events if e.get("type") == "chat_opened"]
     if run.variant != "extension":
         assert opened == []
         return
-    chats: list[str] = []
-    for g in run.gens:  # the chats in the order the session opened them
-        if not chats or chats[-1] != g.expected.chat:
-            chats.append(g.expected.chat)
-    # the session opens Seraphina twice on the chat it then leaves (list open right after)
-    assert [c for c in opened if c in chats] and set(opened) == set(chats), opened
-    swiped = [e for e in run.events if e.get("type") == "message_swiped"]
+    assert opened == run.opens
+    # Every generation request arrived after the chat_opened event of its own chat.
+    late = []
+    for g in run.gens:
+        before = [e for seq, e in run.events if seq < g.seq and e.get("type") == "chat_opened"]
+        if not before or before[-1]["chat"] != g.expected.chat:
+            late.append(f"{_label(g)}: last chat_opened {before[-1]['chat'] if before else None}")
+    assert not late, "\n".join(late)
+    swiped = [e for _, e in run.events if e.get("type") == "message_swiped"]
     assert len(swiped) == sum(1 for g in run.gens if g.expected.type == "swipe")
+    edited = [e for _, e in run.events if e.get("type") == "message_edited"]
+    assert [e["message_index"] for e in edited] == [6]  # the user message the session edits
 
 
 def test_kvtui_logs_one_decision_per_generation(run: Run) -> None:
@@ -244,3 +257,39 @@ def test_llama_server_reused_the_previous_prompt(run: Run) -> None:
     cached = [None if g.timings is None else int(g.timings.get("cache_n", 0)) for g in run.gens]
     bad = _cache_failures(run, cached)
     assert not bad, f"{len(bad)} turns lost their cache {run.where()}:\n" + "\n".join(bad)
+
+
+def test_no_save_holds_another_chats_prompt(run: Run) -> None:
+    """Each save's sidecar fingerprint (contracts.md) matches its own chat and character best."""
+    saves = sorted((run.workdir / "slot-saves").glob("*.bin.json"))
+    saves = [p for p in saves if not p.name.startswith(".kvtui-")]
+    assert saves, f"kvtui made no saves in this session {run.where()}"
+    try:
+        from kvtui.fingerprint import PromptFingerprint  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        pytest.fail("kvtui.fingerprint (contracts.md) is not built yet: sidecars carry no prompt")
+    wrong = []
+    for path in saves:
+        side = json.loads(path.read_text(encoding="utf-8"))
+        if "fingerprint" not in side:
+            wrong.append(f"{path.name}: no fingerprint in the sidecar")
+            continue
+        fp = PromptFingerprint.from_json(side["fingerprint"])
+        own = [
+            g.prompt
+            for g in run.gens
+            if (g.expected.chat, g.expected.character) == (side["chat"], side["character"])
+        ]
+        other = [
+            g.prompt
+            for g in run.gens
+            if (g.expected.chat, g.expected.character) != (side["chat"], side["character"])
+        ]
+        best_own = max((fp.common_prefix_chars(p) for p in own), default=0)
+        best_other = max((fp.common_prefix_chars(p) for p in other), default=0)
+        if best_own <= best_other:
+            wrong.append(
+                f"{path.name} ({side['chat']}, {side['character']}): matches its own prompts "
+                f"for {best_own} chars, another chat's or character's for {best_other}"
+            )
+    assert not wrong, "\n".join(wrong)
