@@ -36,6 +36,8 @@ BENCHMARKS: dict[str, str] = {
     "store": "save store at 1k/10k/50k files, picker in the app",
     "idle": "idle dashboard CPU and memory",
     "replay": "SillyTavern session replay: kvtui vs llama-server alone",
+    "memory": "memory job wall time and the character's next-turn cache_n",
+    "recall": "the cache cost of each placement of the recall macro",
 }
 """Each name is a module of this package with ``async def run(ctx: Context) -> None``."""
 
