@@ -209,9 +209,27 @@ async def _warm(
 ) -> CharacterResult:
     assert choice.prompt is not None
     t0 = time.monotonic()
-    decision = await service.route(chat, choice.character, GenType.QUIET, protected=in_flight)
+    decision = await service.route(
+        chat, choice.character, GenType.QUIET, protected=in_flight, prompt=choice.prompt
+    )
     in_flight.add(decision.slot)
     slot_of[choice.character] = decision.slot
+    restored = decision.restored
+    if restored is not None:
+        # Its latest save already holds the whole prompt: restored, nothing to warm or save
+        # (a new autosave would only push an older one out of the rotation).
+        needed = len(await service.tokenize(choice.prompt, add_special=True))
+        if restored.n_restored >= needed:
+            in_flight.discard(decision.slot)
+            return CharacterResult(
+                choice.character,
+                Outcome.WARMED,
+                tokens=restored.n_restored,
+                seconds=time.monotonic() - t0,
+                filename=restored.filename,
+                source=choice.source,
+                reason="restored: its save already covers the prompt",
+            )
     try:
         completion = await service.complete(choice.prompt, slot=decision.slot)
         saved = await service.save_slot(decision.slot, autosave=True)

@@ -251,3 +251,24 @@ async def test_warmed_members_answer_from_cache_through_the_proxy(
                 await proxy.app.settled()
     finally:
         await proxy.stop()
+
+
+async def test_prewarm_twice_keeps_every_conversation_autosave(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """A character whose save covers the prompt is restored, not re-warmed and saved again."""
+    settings = make_settings(clean_server, tmp_path, None).model_copy(update={"max_autosaves": 2})
+    prompt = "Alex: hello there\nQuick:"
+    async with KvService(settings) as svc:
+        await svc.clear_all()
+        first = await prewarm(svc, "again", [PromptChoice("Quick", prompt, "test")])
+        assert [r.outcome for r in first.results] == [Outcome.WARMED]
+        store = svc.require_store()
+        before = sorted(e.filename for e in store.entries())
+        assert len(before) == 1
+        for _ in range(2):
+            await svc.clear_all()  # nobody in memory: the save must be restored, not redone
+            again = await prewarm(svc, "again", [PromptChoice("Quick", prompt, "test")])
+            assert [r.outcome for r in again.results] == [Outcome.WARMED]
+            assert "restored" in again.results[0].reason
+        assert sorted(e.filename for e in store.entries()) == before
