@@ -49,7 +49,7 @@ def test_slot_cells_idle_empty_slot() -> None:
     cells = slot_cells(row())
     assert str(cells["state"]) == "idle"
     assert str(cells["character"]) == "—" and str(cells["chat"]) == "—"
-    assert cells["tokens"] == "—/1024"
+    assert cells["tokens"] == "—"
     assert cells["usage"] == "—" and str(cells["autosave"]) == "—" and cells["last_save"] == "—"
 
 
@@ -72,9 +72,9 @@ def test_slot_cells_busy_character_slot() -> None:
     assert str(cells["state"]) == "busy 12/100"
     # Names stay literal text: brackets are not markup.
     assert str(cells["chat"]) == "Forest [Party]"
-    assert cells["tokens"] == "812/1024"
+    assert cells["tokens"] == "812"
     assert cells["usage"] == "3"
-    assert str(cells["autosave"]) == "in 1 msg"
+    assert str(cells["autosave"]) == "1 msg"
     assert cells["last_save"] == local_time(now - timedelta(minutes=5), now)
     assert str(slot_cells(row(processing=True, n_decoded=5, n_remain=-1))["state"]) == ("busy 5")
     assert str(slot_cells(row(character="A", messages_until_save=None))["autosave"]) == "off"
@@ -221,3 +221,15 @@ def test_list_settings_are_edited_as_comma_separated_text() -> None:
     assert candidate.allowed_origins == ["http://c:3", "http://d:4"]
     assert validate_field(candidate, "allowed_hosts", "") is None
     assert candidate.allowed_hosts == []
+
+
+def test_a_slots_last_turn_shows_its_hit_and_the_reason_of_a_loss() -> None:
+    from kvtui.tui.format import session_line, slot_hit
+    from kvtui.warmth import SlotWarmth
+
+    kept = SlotWarmth(0, "c", "Mira", 1820, 1844, 0, None, "t")
+    lost = SlotWarmth(1, "c", "Kael", 12, 1844, 1800, "server_restart", "t")
+    assert str(slot_hit(kept)) == "99%"
+    assert str(slot_hit(lost)) == "1% restart"
+    assert str(slot_hit(None)) == "—"
+    assert session_line(None) == "session: no turns yet"

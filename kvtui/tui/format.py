@@ -27,7 +27,7 @@ SLOT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("usage", "Used"),
     ("autosave", "Autosave"),
     ("last_save", "Saved"),
-    ("hit", "Last turn"),
+    ("hit", "Hit"),
 )
 """The slot table's columns as (key, label), in display order (short: 80 columns fit)."""
 
@@ -72,9 +72,8 @@ def slot_state(row: SlotRow) -> Text:
 
 
 def slot_tokens(row: SlotRow) -> str:
-    if row.tokens is None:
-        return f"{DASH}/{row.n_ctx}" if row.n_ctx else DASH
-    return f"{row.tokens}/{row.n_ctx}" if row.n_ctx else str(row.tokens)
+    """Tokens in the slot (its context is in the header: every slot has the same)."""
+    return DASH if row.tokens is None else f"{row.tokens:,}"
 
 
 def slot_autosave(row: SlotRow) -> Text:
@@ -87,7 +86,7 @@ def slot_autosave(row: SlotRow) -> Text:
     if row.messages_until_save is None:
         return Text("off", style="bold italic")
     n = max(row.messages_until_save, 0)
-    return Text(f"in {n} msg" if n == 1 else f"in {n} msgs")
+    return Text(f"{n} msg" if n == 1 else f"{n} msgs")
 
 
 def plain(value: str | None) -> Text:
@@ -97,10 +96,10 @@ def plain(value: str | None) -> Text:
 
 REASON_WORDS = {
     "evicted_unsaved": "evicted",
-    "older_save": "older save",
+    "older_save": "old save",
     "server_restart": "restart",
-    "chat_switch": "chat switch",
-    "prompt_changed_early": "early change",
+    "chat_switch": "switch",
+    "prompt_changed_early": "changed",
     "identity_unsure": "unsure",
     "no_save": "no save",
     "server_choice": "server",
