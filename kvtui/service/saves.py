@@ -196,7 +196,9 @@ class Saves:
             return None
         if recorded is None:
             return None
-        return PromptFingerprint.of(canonical_text(recorded.body)).to_json()
+        # The recorder keeps a text prompt beside its body (Chat Completion bodies keep theirs).
+        body = {**recorded.body, "prompt": recorded.prompt}
+        return PromptFingerprint.of(canonical_text(body)).to_json()
 
     async def farewell(self, allocation: Allocation, *, required: bool) -> SaveOutcome | None:
         """Before a used character loses its slot, save it (the seed's rule, its one home).

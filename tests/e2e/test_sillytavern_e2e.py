@@ -271,7 +271,10 @@ def test_no_save_holds_another_chats_prompt(run: Run) -> None:
     saves = [p for p in saves if not p.name.startswith(".kvtui-")]
     assert saves, f"kvtui made no saves in this session {run.where()}"
     try:
-        from kvtui.fingerprint import PromptFingerprint  # type: ignore[import-not-found,unused-ignore]
+        from kvtui.fingerprint import (  # type: ignore[import-not-found,unused-ignore]
+            PromptFingerprint,
+            canonical_text,
+        )
     except ImportError:
         pytest.fail("kvtui.fingerprint (contracts.md) is not built yet: sidecars carry no prompt")
     wrong = []
@@ -282,12 +285,12 @@ def test_no_save_holds_another_chats_prompt(run: Run) -> None:
             continue
         fp = PromptFingerprint.from_json(side["fingerprint"])
         own = [
-            g.prompt
+            canonical_text(g.body)
             for g in run.gens
             if (g.expected.chat, g.expected.character) == (side["chat"], side["character"])
         ]
         other = [
-            g.prompt
+            canonical_text(g.body)
             for g in run.gens
             if (g.expected.chat, g.expected.character) != (side["chat"], side["character"])
         ]
