@@ -22,12 +22,22 @@ from kvtui.slots import GenType
 JobKind = Literal["transcript", "quiet"]
 
 
-def background_job(body: Mapping[str, Any], gen_type: GenType) -> JobKind | None:
+def background_job(
+    body: Mapping[str, Any], gen_type: GenType, *, sillytavern: bool, declared: GenType | None
+) -> JobKind | None:
     """What kind of background job ``body`` is, or None for a character's turn (the shapes
-    are :func:`kvtui.memory.recognize.recognize_job`'s)."""
+    are :func:`kvtui.memory.recognize.recognize_job`'s).
+
+    A quiet generation counts only when it is one for sure: the client declared it, or the
+    traffic is SillyTavern's (``sillytavern``: the identity came from its chats), where a prompt
+    without the speaker's tail is a quiet prompt. Any other client — one that names its chat and
+    character, or none at all — is having a conversation, whatever its prompt's tail.
+    """
     shape = recognize_job(canonical_text(body))
     if shape is not None and shape.kind is RecognizedKind.MEMORYBOOKS:
         return "transcript"
-    if shape is not None or gen_type is GenType.QUIET:
+    if shape is not None or declared is GenType.QUIET:
+        return "quiet"
+    if gen_type is GenType.QUIET and sillytavern and declared is None:
         return "quiet"
     return None

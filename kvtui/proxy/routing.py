@@ -30,7 +30,7 @@ from kvtui.proxy.gentype import (
     request_prompt,
     request_stop,
 )
-from kvtui.proxy.identity import Identity, infer_identity
+from kvtui.proxy.identity import Identity, IdentitySource, infer_identity
 from kvtui.proxy.jobshape import JobKind, background_job
 from kvtui.proxy.observer import ReplyObserver
 from kvtui.proxy.relay import RelayOutcome
@@ -189,7 +189,10 @@ class GenerationRouter:
             identified.classification,
         )
         gen_type = result.gen_type if result is not None else GenType.NORMAL
-        job = background_job(forwarded, gen_type)
+        from_chats = identity.source in (IdentitySource.EVIDENCE, IdentitySource.INFERRED)
+        job = background_job(
+            forwarded, gen_type, sillytavern=from_chats, declared=identity.declared_type
+        )
         if job is not None:
             return await self._route_job(job, identified, gen_type)
         # An unsure chat is never counted or autosaved: a save must not lie about its chat.
