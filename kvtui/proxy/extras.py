@@ -49,7 +49,7 @@ class RouterExtras:
             self.recall = build_engine(settings, service.st_data)
         except Exception as err:  # noqa: BLE001 - recall is optional; said once
             service.events.error(Kind.ERROR, f"Recall is off: {err}")
-        self._decisions: dict[int, str] = {}
+        self._seen = service.losses_seen
 
     def _accounting_error(self, message: str) -> None:
         self.service.events.error(Kind.ERROR, message)
@@ -91,6 +91,12 @@ class RouterExtras:
         previous_prompt: str | None,
     ) -> TurnTicket | None:
         """Begin the turn's accounting; never raises (accounting must not block a request)."""
+        restarts, clears = self.service.losses_seen
+        if restarts > self._seen[0]:
+            self.ledger.note_server_restart()
+        if clears > self._seen[1]:
+            self.ledger.note_chat_switch()
+        self._seen = (restarts, clears)
         try:
             return begin_routed(
                 self.ledger,

@@ -142,6 +142,7 @@ class Automatic:
                 )
                 unsaved.add(record.slot)
         props = await core.ensure_props()
+        core.slot_clears += 1
         free: list[int] = []
         for slot in range(props.total_slots):
             if slot in unsaved:

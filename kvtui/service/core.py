@@ -45,6 +45,10 @@ class ServiceCore:
         )
         self.chat_index: ChatIndex | None = ChatIndex(settings.st_dir) if settings.st_dir else None
         """The latest messages of every SillyTavern chat: identity from evidence."""
+        self.server_restarts = 0
+        """Restarts of llama-server noticed (its caches were lost each time)."""
+        self.slot_clears = 0
+        """Chat switches that erased the slots."""
         self.opened_chat: str | None = None
         """The chat SillyTavern last said it opened (companion extension), if any."""
         self.recorder = PromptRecorder(settings.prompts_dir)

@@ -224,6 +224,11 @@ class KvService:
         return self._core.chat_index
 
     @property
+    def losses_seen(self) -> tuple[int, int]:
+        """(server restarts, chat switches that cleared the slots) noticed so far."""
+        return self._core.server_restarts, self._core.slot_clears
+
+    @property
     def opened_chat(self) -> str | None:
         """The chat the companion extension last reported opened."""
         return self._core.opened_chat

@@ -101,6 +101,7 @@ class Monitor:
             elif before is not None:
                 lost = True
         if lost:
+            self.core.server_restarts += 1
             self._last_task_ids.clear()
             forgotten = book.mark_all_lost()
             if forgotten:
