@@ -89,8 +89,9 @@ def resolve_chat(typed: str, chats: Iterable[KnownChat]) -> str:
             + "; ".join(names[:MAX_CANDIDATES]),
             names,
         )
+    # As typed from a save file's name (the query is the normalised form), or typed plainly.
     key = normalize(query)
-    by_key = [c for c in known if key and normalize(c.chat_id) == key]
+    by_key = [c for c in known if normalize(c.chat_id) in (query, key)]
     if len(by_key) == 1:
         return by_key[0].chat_id
     raise ChatRefError(_unknown_message(query, known), [describe(c) for c in known])
@@ -134,5 +135,7 @@ def with_titles(text: str, titles: Mapping[str, str]) -> str:
         if chat_id and chat_id in text:
             label = chat_label(chat_id, titles)
             if label != chat_id:
+                # "Forest Party (2026-…)" already names it: keep one name, not two.
+                text = text.replace(f"{titles[chat_id]} ({chat_id})", label)
                 text = text.replace(chat_id, label)
     return text

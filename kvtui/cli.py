@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -87,6 +89,7 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     import kvtui.cli_commands  # noqa: F401 - registers the commands
+    import kvtui.cli_parts  # noqa: F401 - and those of memory, stats, sillytavern
 
     parser = argparse.ArgumentParser(
         prog="kvtui",
@@ -122,6 +125,17 @@ def warn(message: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # ``kvtui ls | head``: the reader left. Say so once; the rest of the output goes nowhere.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        warn("output closed early (broken pipe); nothing else was affected")
+        return EXIT_FAIL
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = getattr(args, "config", None)
@@ -166,6 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"State directory: {settings.state_dir}"
             )
             return EXIT_FAIL
+        if settings.save_dir is not None:  # this process keeps the book now: tidy up once
+            from kvtui.service import repair_save_dir
+            from kvtui.store import SaveStore
+
+            for note in repair_save_dir(SaveStore(settings.save_dir)):
+                warn(note)
     try:
         outcome = cmd.handler(settings, args)
         if isinstance(outcome, int):
@@ -181,6 +201,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Run as ``python -m kvtui.cli``: use the imported module, where the commands register.
-    from kvtui.cli import main as _main
+    from kvtui.cli import main as _entry
 
-    sys.exit(_main())
+    sys.exit(_entry())

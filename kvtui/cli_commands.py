@@ -168,6 +168,7 @@ async def _ls(settings: Settings, args: argparse.Namespace) -> int:
             return EXIT_USAGE
         store.rescan()
         groups = group_saves(store.entries(), current_chat=None)
+        titles = {c.chat_id: c.title for c in known_chats(service) if c.title}
 
     def wanted(shown: str, key: str, query: str | None) -> bool:
         return query is None or query == shown or normalize(query) == key
@@ -194,14 +195,15 @@ async def _ls(settings: Settings, args: argparse.Namespace) -> int:
             if wanted(c.character, c.character_key, args.character)
         ]
         if characters:
-            data.append({"chat": g.chat, "characters": characters})
+            data.append({"chat": g.chat, "title": titles.get(g.chat), "characters": characters})
     if args.json:
         _dump(data)
         return EXIT_OK
     if not data:
         print("No saves.")
     for item in data:
-        print(item["chat"])
+        title = item["title"]
+        print(f"{title}  ({item['chat']})" if title and title != item["chat"] else item["chat"])
         for c in item["characters"]:
             print(f"  {c['character']}")
             for e in c["saves"]:

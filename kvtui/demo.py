@@ -18,10 +18,12 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kvtui.atomic import write_atomic
 from kvtui.settings import Settings
@@ -156,6 +158,41 @@ def redirect_to_demo(settings: Settings) -> tuple[Settings, DemoPointer | None]:
     )
 
 
+def _free_listen(settings: Settings) -> tuple[str, bool]:
+    """The proxy address for the demo: the configured one, or a free port on the same host
+    when it is taken (a real kvtui may be running); True when it had to move."""
+    from kvtui.embedded.server import free_port
+    from kvtui.proxy.run import ProxyStartError, bind_socket
+
+    host, port = settings.listen_host, settings.listen_port
+    try:
+        bind_socket(host, port).close()
+    except ProxyStartError:
+        try:
+            port = free_port(host)
+        except OSError:  # e.g. an IPv6 host: the dashboard reports the taken port itself
+            return settings.proxy_listen, False
+        shown = f"[{host}]" if ":" in host else host
+        return f"{shown}:{port}", True
+    return settings.proxy_listen, False
+
+
+def _exit_on_hangup() -> dict[int, Any]:
+    """A closed terminal (SIGHUP) or SIGTERM ends the demo through its ``finally``, so the
+    server is stopped and the temporary directory removed; returns the previous handlers."""
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, leave)
+        except (ValueError, OSError):  # not the main thread, or no such signal here
+            pass
+    return previous
+
+
 def run_demo(settings: Settings, n_slots: int = DEFAULT_SLOTS, *, keep: bool = False) -> int:
     """Run the demo until the user quits; returns the dashboard's exit code.
 
@@ -180,6 +217,7 @@ def run_demo(settings: Settings, n_slots: int = DEFAULT_SLOTS, *, keep: bool = F
     )
     pointer_file = pointer_path(settings.state_dir)
     wrote_pointer = False
+    previous = _exit_on_hangup()
     try:
         print(f"kvtui demo: starting llama-server ({n_slots} slots × {SLOT_CTX} tokens)…")
         try:
@@ -188,8 +226,11 @@ def run_demo(settings: Settings, n_slots: int = DEFAULT_SLOTS, *, keep: bool = F
             print(f"kvtui demo: {err}", file=sys.stderr)
             return 1
         st_dir = copy_sample(root / "sillytavern")
-        demo = demo_settings(settings, root, server.url, st_dir)
-        proxy_url = f"http://{settings.proxy_listen}"
+        listen, moved = _free_listen(settings)
+        demo = demo_settings(settings, root, server.url, st_dir).model_copy(
+            update={"proxy_listen": listen}
+        )
+        proxy_url = f"http://{listen}"
         pointer = DemoPointer(
             os.getpid(), server.url, proxy_url, root, demo.state_dir, root / "saves", st_dir
         )
@@ -202,11 +243,20 @@ def run_demo(settings: Settings, n_slots: int = DEFAULT_SLOTS, *, keep: bool = F
             f"Headless commands beside the demo: kvtui slots --server {server.url} "
             "(they use the demo's state, and slot changes are refused while it runs)."
         )
+        notes = [how]
+        if moved:
+            notes.insert(
+                0,
+                f"{settings.proxy_listen} is taken (another kvtui?), so the demo's proxy "
+                f"listens on {listen}; choose one with kvtui demo --listen HOST:PORT.",
+            )
         print(f"kvtui demo: llama-server at {server.url}, proxy at {proxy_url}. {how}")
         return run_dashboard(
-            demo, config_path=root / "config.toml", demo_slots=n_slots, notes=[how]
+            demo, config_path=root / "config.toml", demo_slots=n_slots, notes=notes
         )
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         server.stop()
         if wrote_pointer:
             with contextlib.suppress(OSError):

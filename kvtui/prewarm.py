@@ -41,6 +41,8 @@ class PromptChoice:
     prompt: str | None
     source: str
     reason: str = ""
+    timeout: float | None = None
+    """This character's own limit in seconds (else the run's per-character timeout)."""
 
 
 @dataclass(frozen=True)
@@ -138,9 +140,10 @@ async def prewarm(
             current.append(choice.character)
             emit()
             t0 = time.monotonic()
+            limit = choice.timeout if choice.timeout is not None else timeout
             try:
                 result = await asyncio.wait_for(
-                    _warm(service, chat, choice, in_flight, slot_of), timeout=timeout
+                    _warm(service, chat, choice, in_flight, slot_of), timeout=limit
                 )
             except TimeoutError:
                 # The request was cancelled; let the server drop it before the next one starts.
@@ -150,7 +153,7 @@ async def prewarm(
                     Outcome.FAILED,
                     seconds=time.monotonic() - t0,
                     source=choice.source,
-                    reason=f"timed out after {timeout:.0f} s",
+                    reason=f"timed out after {limit:.0f} s",
                 )
             except (ServiceError, LlamaError) as err:
                 result = CharacterResult(
@@ -235,10 +238,13 @@ async def _wait_idle(service: KvService, slot: int | None, limit: float = 30.0) 
         return
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
+        asked = time.monotonic()
         try:
             states = await service.slot_states()
         except LlamaError:
-            return
+            if time.monotonic() - asked < 1.0:
+                return  # refused at once: the server is gone
+            continue  # too busy to answer in time (a long prompt's batch): still working
         if not any(s.id == slot and s.is_processing for s in states):
             return
         await asyncio.sleep(0.05)

@@ -47,7 +47,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="KVTUI_",
-        extra="ignore",
+        # memory_*, recall_* and sideprompt_* keys are kept for the parts that own them (each
+        # validates its own, see SECTION_PREFIXES); other unknown keys are reported.
+        extra="allow",
         validate_assignment=True,
         use_attribute_docstrings=True,
     )
@@ -300,6 +302,10 @@ LABELS: dict[str, str] = {
     "prewarm_concurrency": "Characters warmed at once",
     "proxy_enabled": "Routing proxy",
     "proxy_listen": "Proxy address",
+    "allowed_origins": "Web pages allowed to use the proxy",
+    "allowed_hosts": "Host names of the proxy",
+    "max_body_mb": "Largest request (MiB)",
+    "allow_insecure_listen": "Listen on the network without an API key",
     "poll_interval": "Poll interval (seconds)",
     "min_save_tokens": "Smallest valid save (tokens)",
     "min_save_bytes": "Smallest valid save (bytes)",
@@ -352,9 +358,18 @@ def _num(value: Any) -> str:
     return str(value)
 
 
+SECTION_PREFIXES = ("memory_", "recall_", "sideprompt_")
+"""Settings of memory books, recall and side prompts: kept as given, validated by their own
+models (``kvtui.memory.settings``, ``kvtui.recall.settings``) when those parts run."""
+
+
 def unknown_keys(data: dict[str, Any]) -> list[str]:
     """Top-level keys of a config file that are not settings (likely typos)."""
-    return [key for key in data if key not in Settings.model_fields]
+    return [
+        key
+        for key in data
+        if key not in Settings.model_fields and not key.startswith(SECTION_PREFIXES)
+    ]
 
 
 def config_problems(path: Path | None) -> list[str]:

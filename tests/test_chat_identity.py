@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kvtui.proxy.chatidentity import identify
+from kvtui.proxy.chatidentity import identify, refresh_and_identify
 from kvtui.proxy.gentype import classify_request
 from kvtui.proxy.identity import UNKNOWN_CHAT, Clue, IdentitySource
 from kvtui.sillytavern.chatindex import ChatIndex
@@ -258,3 +258,38 @@ def test_a_long_prompt_is_matched_by_its_end(index: ChatIndex) -> None:
     body = tc_body(prompt, [f"\n{USER}:"])
     identity, _ = identify(body, None, index)
     assert identity.chat == CHAT_B
+
+
+def test_the_decision_is_loggable_and_one_call_refreshes(user_dir: Path) -> None:
+    index = ChatIndex(user_dir)  # never refreshed by hand
+    prompt = tc_prompt(SERA, CHAT_B_MESSAGES[:-1])
+    identity, _ = refresh_and_identify(index, tc_body(prompt, [f"\n{USER}:"]), None)
+    fields = identity.log_fields()
+    assert (fields["chat"], fields["character"], fields["source"]) == (CHAT_B, SERA, "evidence")
+    assert identity.describe().startswith(f'{SERA} in "{CHAT_B}" (evidence, 0.9')
+    st119.write_card_chat(user_dir, st119.SERA_AVATAR, CHAT_A)  # A branch that matches as well
+    st119.write_chat(
+        user_dir / "chats" / SERA / f"{CHAT_A}.jsonl", CHAT_B_MESSAGES, mtime=time.time() - 5
+    )
+    st119.write_card_chat(user_dir, st119.SERA_AVATAR, "another chat")
+    unsure, _ = refresh_and_identify(index, tc_body(prompt, [f"\n{USER}:"]), None)
+    assert unsure.log_fields()["chat"] is None and unsure.log_fields()["source"] == "unsure"
+    assert "one of" in unsure.describe()
+
+
+def test_a_stale_remembered_turn_does_not_hide_a_swipe_after_an_open(index: ChatIndex) -> None:
+    """kvtui remembers chat B from an earlier session (two messages ago); since then B grew
+    without kvtui. Opened again, the first action is a swipe: the chat file says so."""
+    from kvtui.proxy.gentype import classify_generation, remember
+
+    old = tc_prompt(SERA, CHAT_B_MESSAGES[:2])
+    memory = remember(None, classify_generation(old, character=SERA), old, "")
+    body = tc_body(tc_prompt(SERA, CHAT_B_MESSAGES[:-1]), [f"\n{USER}:"])
+    identity, forwarded = identify(body, None, index)
+    plain = classify_request(forwarded, memory, character=SERA, user_name=USER)
+    assert plain is not None and plain.gen_type is GenType.NORMAL  # the memory alone: wrong
+    result = classify_request(
+        forwarded, memory, character=SERA, user_name=USER, chat=identity.evidence
+    )
+    assert result is not None and result.gen_type is GenType.SWIPE
+    assert not result.counts_message

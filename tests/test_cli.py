@@ -308,3 +308,85 @@ def test_slot_changes_refuse_while_another_kvtui_keeps_the_book(
     finally:
         lock.release()
     kvtui(tmp_path, "erase", "0", server=clean_server, check=True)
+
+
+def test_version_module_entry_and_config_problems(tmp_path: Path) -> None:
+    from kvtui import __version__
+
+    out = kvtui(tmp_path, "--version", check=True)
+    assert out.stdout.strip() == f"kvtui {__version__}"
+    env = dict(os.environ, KVTUI_CONFIG=str(tmp_path / "config.toml"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvtui", "--version"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == f"kvtui {__version__}"
+    # A --config that is not there is an error, not silently the defaults.
+    out = kvtui(tmp_path, "ls", "--config", str(tmp_path / "typo.toml"))
+    assert out.returncode == 2 and "no config file" in out.stderr
+    # Unknown keys are reported (and the command still runs).
+    (tmp_path / "config.toml").write_text("autosave_evry = 3\n")
+    out = kvtui(tmp_path, "ls", "--save-dir", str(tmp_path))
+    assert out.returncode == 0 and "autosave_evry (did you mean autosave_every?)" in out.stderr
+    # A bad value says what to type, without library jargon.
+    (tmp_path / "config.toml").write_text('autosave_every = "abc"\n')
+    out = kvtui(tmp_path, "ls", "--save-dir", str(tmp_path))
+    assert out.returncode == 2
+    assert "autosave_every: type a whole number" in out.stderr and "http" not in out.stderr
+
+
+def test_chat_titles_ids_and_file_names_resolve_and_erase_prints_json(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    from kvtui.sillytavern.sample import GROUP_CHAT_ID, copy_sample
+
+    st_dir = copy_sample(tmp_path / "st")
+    _post(clean_server.url + "/completion", {"prompt": PROMPT, "n_predict": 1, "id_slot": 1})
+    st = ["--st-dir", str(st_dir)]
+    out = kvtui(tmp_path, "save", "1", "--chat", "forest party", "--character", "Kael", "--json",
+                *st, server=clean_server, check=True)  # fmt: skip
+    saved = json.loads(out.stdout)
+    assert saved["chat"] == GROUP_CHAT_ID  # the title became SillyTavern's chat id
+    for typed in (GROUP_CHAT_ID, "Forest Party", f"{GROUP_CHAT_ID}.jsonl"):
+        listing = json.loads(
+            kvtui(
+                tmp_path, "ls", "--json", "--chat", typed, *st, server=clean_server, check=True
+            ).stdout  # fmt: skip
+        )
+        assert [c["chat"] for c in listing] == [GROUP_CHAT_ID]
+    out = kvtui(tmp_path, "ls", "--chat", "Forrest Party", *st, server=clean_server)
+    assert out.returncode == 2 and "Did you mean: Forest Party" in out.stderr
+    out = kvtui(tmp_path, "save", "1", "--chat", "Nowhere", "--character", "Kael", *st,
+                server=clean_server)  # fmt: skip
+    assert out.returncode == 2 and "No chat 'Nowhere'" in out.stderr
+    out = kvtui(tmp_path, "erase", "1", "--json", server=clean_server, check=True)
+    erased = json.loads(out.stdout)
+    assert erased["slot"] == 1 and erased["n_erased"] > 0
+    assert slot_tokens(clean_server, 1) == 0
+
+
+def test_headless_commands_beside_the_demo_use_its_state(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    from kvtui.demo import DemoPointer, pointer_path
+    from kvtui.statelock import StateLock
+
+    root = tmp_path / "demo"
+    assert clean_server.save_dir is not None
+    pointer = DemoPointer(
+        os.getpid(), clean_server.url, "http://127.0.0.1:8081", root, root / "state",
+        clean_server.save_dir, root / "st",
+    )  # fmt: skip
+    (root / "state").mkdir(parents=True)
+    user_state = tmp_path / "state"  # KVTUI_STATE_DIR of kvtui()
+    pointer_path(user_state).parent.mkdir(parents=True, exist_ok=True)
+    pointer_path(user_state).write_text(pointer.to_json())
+    lock = StateLock(root / "state")
+    assert lock.acquire("demo")
+    try:
+        out = kvtui(tmp_path, "erase", "0", "--server", clean_server.url)
+        assert out.returncode == 1 and "run this from the demo" in out.stderr
+        assert not (user_state / "slots.json").exists()  # the user's own book untouched
+        out = kvtui(tmp_path, "slots", "--server", clean_server.url, check=True)
+        assert "using the running demo's state" in out.stderr
+    finally:
+        lock.release()

@@ -238,3 +238,75 @@ async def test_borrow_needs_a_save_dir(clean_server: EmbeddedServer, tmp_path: P
             await JobRunner(client, MemorySettings(memory_n_predict=400)).run(
                 JOB_PROMPT, json_schema=SCHEMA
             )
+
+
+async def test_summarize_job_routed_to_the_slot_it_extends_keeps_the_cache(
+    strict_server: EmbeddedServer,
+) -> None:
+    """A Summarize-shaped job that extends the character's prompt runs in its own slot; the
+    character's next turn still reuses the whole chat (a token may differ at the seam where the
+    reply was generated: the job's prompt holds the reply's last token, the turn's cache not)."""
+    from kvtui.memory.recognize import JobKind, recognize_job, route_job
+
+    prompt = character_prompt("Seraphina", 400)
+    instruction = (
+        "\nIgnore previous instructions. Summarize the most important facts and events in the "
+        "story so far.\n"
+    )
+    async with LlamaClient(strict_server.url, save_dir=strict_server.save_dir) as client:
+        baseline = await two_turns_cache_n(client, 0, prompt)
+        await client.erase(0)
+        first, _ = await turn(client, 0, prompt)
+        job_prompt = prompt + first + instruction
+        shape = recognize_job(job_prompt)
+        assert shape is not None and shape.kind is JobKind.SUMMARIZE
+        route = route_job(job_prompt, {0: prompt + first}, utility_slot=None)
+        assert (route.slot, route.why) == (0, "extends")
+        await client.completion(job_prompt, n_predict=24, id_slot=0)
+        _, with_job = await turn(client, 0, prompt + first + " and then Mira laughed.")
+        assert with_job >= baseline - 1
+
+
+async def test_second_server_takes_the_job(
+    clean_server: EmbeddedServer, strict_server: EmbeddedServer
+) -> None:
+    async with LlamaClient(clean_server.url, save_dir=clean_server.save_dir) as client:
+        await fill_slots(client)
+        before = await client.slots()
+        settings = MemorySettings(memory_server_url=strict_server.url, memory_n_predict=700)
+        async with JobRunner(client, settings) as runner:
+            result = await runner.run(JOB_PROMPT, json_schema=SCHEMA)
+        assert result.mode == "server" and result.parked is None
+        check_schema_valid(result.content)
+        assert await client.slots() == before
+        async with LlamaClient(strict_server.url) as memory_client:
+            assert any(s.n_prompt_tokens for s in await memory_client.slots())
+
+
+async def test_borrow_for_a_forwarded_request_keeps_the_cache(
+    strict_server: EmbeddedServer,
+) -> None:
+    """What the proxy does with a MemoryBooks-shaped request and no utility slot: forward it
+    inside ``runner.borrow()``; the character parked there keeps its cache."""
+    from kvtui.memory.recognize import JobKind, recognize_job
+
+    assert (shape := recognize_job(JOB_PROMPT)) is not None and shape.kind is JobKind.MEMORYBOOKS
+    async with LlamaClient(strict_server.url, save_dir=strict_server.save_dir) as client:
+        prompts = await fill_slots(client)
+        first, _ = await turn(client, 0, prompts[0])
+        follow_up = prompts[0] + first + " and then Mira laughed."
+        await client.erase(0)
+        await turn(client, 0, prompts[0])
+        _, baseline = await turn(client, 0, follow_up)
+        await client.erase(0)
+        await turn(client, 0, prompts[0])
+
+        runner = JobRunner(client, MemorySettings(), gate=asyncio.Lock())
+        async with runner.borrow() as borrowed:
+            assert borrowed.slot == 0 and borrowed.filename is not None
+            forwarded = await client.completion(
+                JOB_PROMPT, n_predict=700, id_slot=borrowed.slot, json_schema=SCHEMA
+            )
+        check_schema_valid(forwarded.content)
+        _, with_job = await turn(client, 0, follow_up)
+        assert with_job == baseline

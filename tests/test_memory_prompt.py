@@ -16,6 +16,7 @@ from kvtui.memory.scene import (
     default_start,
     parse_range,
     select_scene,
+    visible_since,
 )
 from kvtui.sillytavern import ChatRef, parse_chat_text
 
@@ -59,6 +60,7 @@ def test_scene_skips_hidden_messages() -> None:
         "The night falls.",
     ]
     assert (scene.start, scene.end) == (0, 4)
+    assert (visible_since(chat, None), visible_since(chat, 1), visible_since(chat, 4)) == (4, 2, 0)
     with pytest.raises(SceneError, match="hidden"):
         select_scene(chat, 2, 2, user="Alice", char="Bob")
     with pytest.raises(SceneError, match="nothing"):
@@ -106,6 +108,10 @@ def test_preset_manager(tmp_path: Path) -> None:
     with pytest.raises(LibraryError, match="exists"):
         library.add(Preset(name="mine", prompt="Again."))
     library.update("Mine", prompt="Do it well.")
+    library.update("Mine", name="Ours")
+    with pytest.raises(LibraryError, match="exists"):
+        library.update("Ours", name="synopsis")
+    library.update("Ours", name="Mine")
     copy = library.duplicate("Mine")
     assert copy.name == "Mine (copy)" and copy.prompt == "Do it well."
     library.update("Synopsis", prompt="Edited built-in.")

@@ -24,7 +24,7 @@ from kvtui.memory.preview import PreviewError, PreviewState
 from kvtui.memory.prompt import Preset
 from kvtui.memory.settings import MemorySettings
 from kvtui.memory.workflow import MemoryWorkflow
-from kvtui.settings import Settings
+from kvtui.settings import Settings, load_settings
 from kvtui.sillytavern import SillyTavernData
 from kvtui.sillytavern.sample import SOLO_CHAT_ID, copy_sample
 
@@ -123,7 +123,7 @@ async def test_a_failed_reply_writes_nothing(flow: MemoryWorkflow) -> None:
     with pytest.raises(PreviewError):
         await flow.save(plan, preview)
     preview.retry()
-    assert preview.state is PreviewState.WAITING
+    assert preview.state.value == "waiting"
     assert not plan.book_path.exists()
     assert not (flow.dir / "progress.json").exists()
 
@@ -140,7 +140,8 @@ def test_cli_headless(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    base = Settings(
+    base = load_settings(
+        tmp_path / "config.toml",
         server_url=clean_server.url,
         save_dir=clean_server.save_dir,
         st_dir=st_dir,

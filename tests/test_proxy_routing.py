@@ -222,7 +222,7 @@ async def test_after_a_server_restart_each_character_restores_its_latest_save(
         assert len(restored) == 2 and all("Restored" in m for m in restored)
 
 
-async def test_a_damaged_save_is_passed_over_and_the_request_goes_through(
+async def test_a_failed_restore_is_logged_and_the_request_goes_through(
     clean_server: EmbeddedServer, tmp_path: Path
 ) -> None:
     settings = make_settings(clean_server, tmp_path, autosave_every=100)
@@ -235,15 +235,19 @@ async def test_a_damaged_save_is_passed_over_and_the_request_goes_through(
         assert slot is not None
         saved = await service.save_slot(slot)
         await service.erase(slot)
-        # The save file is damaged on disk (it no longer matches its sidecar): autoload passes
-        # it over instead of sending it, since a failed restore would wipe the slot.
+        # The save file is damaged on disk: kvtui passes it over (and says so), never sends it.
         assert clean_server.save_dir is not None
         (clean_server.save_dir / saved.filename).write_bytes(b"\0" * 4096)
         chat.user_says("Kael, are you there?")
         result = await chat.speak("Kael")
         assert result["id_slot"] == service.book.find(GROUP_CHAT, "Kael")
         assert result["timings"]["cache_n"] == 0
-        assert not any("Restored Kael" in m for m in events(service, Kind.AUTOLOAD))
+        assert any(
+            ("Not restoring Kael" in m or "Could not restore Kael" in m) and saved.filename in m
+            for m in events(service, Kind.AUTOLOAD)
+        )
+        assert service.store is not None
+        assert [e.filename for e in service.store.damaged()] == [saved.filename]
 
 
 async def test_prompts_are_recorded_and_a_swipe_after_a_kvtui_restart_is_still_a_swipe(

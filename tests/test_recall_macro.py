@@ -141,3 +141,15 @@ def test_longterm_on_request_and_budget_keeps_the_newest() -> None:
     # "Memory N." is 3 tokens (+1 joiner): two fit in 8
     assert out.body["prompt"].startswith("System.\nMemory 2.\nMemory 3.\nCard.")
     assert json.dumps(out.telemetry.to_json())  # JSON-ready
+
+
+def test_recall_is_service_layer_without_textual() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kvtui.recall, kvtui.recall.engine\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] == 'textual')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

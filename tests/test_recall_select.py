@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kvtui.recall.memories import LorebookSource, Memory, book_file_name, parse_book
+from kvtui.recall.books import memory_books
+from kvtui.recall.memories import Memory, parse_book
 from kvtui.recall.select import (
     Sticky,
     advance,
@@ -60,7 +61,7 @@ def test_scan_depth_and_entry_overrides() -> None:
 
 
 def test_secondary_keys_and_constant() -> None:
-    s = RecallSettings()
+    s = RecallSettings(constant_always=True)
     window = ["Alex: the sword by the river"]
     memories = [
         mem(0, "any", "sword", secondary=("river", "lake")),  # AND ANY
@@ -72,6 +73,10 @@ def test_secondary_keys_and_constant() -> None:
     ]
     ids = sorted(x.memory.id for x in rank(memories, window, s, {}, 1))
     assert ids == ["b#0", "b#1", "b#4"]
+    # by default a constant entry (kvtui's memory books default to constant) needs its keywords
+    default = RecallSettings()
+    constant = [mem(6, "c", "wolves", constant=True), mem(7, "d", "sword", constant=True)]
+    assert [x.memory.id for x in rank(constant, window, default, {}, 1)] == ["b#7"]
 
 
 def test_score_more_keys_and_newer_win_ties_by_order_then_uid() -> None:
@@ -170,11 +175,12 @@ def write_book(path: Path, entries: list[dict[str, object]]) -> None:
     path.write_text(json.dumps(data), encoding="utf-8")
 
 
-def test_lorebook_reads_only_enabled_kvtui_entries(tmp_path: Path) -> None:
+def test_lorebook_reads_only_enabled_kvtui_memories(tmp_path: Path) -> None:
     worlds = tmp_path / "worlds"
     chat = "Seraphina - 2026-12-01@21h00m00s"
-    path = worlds / book_file_name(chat)
-    assert path.name == "kvtui - Seraphina - 2026-12-01@21h00m00s.json"
+    source = memory_books(worlds, "kvtui - {{chat}}")
+    [path] = source.paths(chat)
+    assert path == worlds / "kvtui - Seraphina - 2026-12-01@21h00m00s.json"
     write_book(
         path,
         [
@@ -183,19 +189,47 @@ def test_lorebook_reads_only_enabled_kvtui_entries(tmp_path: Path) -> None:
             wi_entry(2, kvtui=True, disable=True, key=["x"], content="disabled"),
             wi_entry(3, kvtui=True, key=["y"], content="  "),
             wi_entry(4, kvtui=True, key=["z"], content="Z.", scanDepth=5, matchWholeWords=False),
+            wi_entry(5, kvtui=True, kvtui_kind="tracker", key=["t"], content="a side prompt"),
         ],
     )
-    source = LorebookSource.in_worlds(worlds)
     found = source.memories(chat)
     assert [(m.uid, m.keys, m.content) for m in found] == [(0, ("sword",), "S."), (4, ("z",), "Z.")]
     assert (found[1].scan_depth, found[1].whole_words, found[1].id) == (5, False, f"{path.name}#4")
     assert source.memories("another chat") == []
 
 
+def test_memories_written_by_kvtui_memory_are_recalled(tmp_path: Path) -> None:
+    """The memory workflow's own writer, SillyTavern's sample data directory (a group chat's
+    book is named after the group), and recall reading it back."""
+    from kvtui.memory.contract import Memory as Written
+    from kvtui.memory.lorebook import EntrySettings, Lorebook, worlds_dir
+    from kvtui.memory.settings import MemorySettings
+    from kvtui.sillytavern import SillyTavernData, copy_sample
+    from kvtui.sillytavern.sample import GROUP_CHAT_ID
+
+    st = SillyTavernData(copy_sample(tmp_path))
+    worlds = worlds_dir(st.user_dir)
+    ms = MemorySettings()
+    source = memory_books(worlds, ms.memory_book_name, st.find_chat)
+    [path] = source.paths(GROUP_CHAT_ID)
+    assert path.name != f"kvtui - {GROUP_CHAT_ID}.json" and GROUP_CHAT_ID in path.name
+    book = Lorebook.open(path, GROUP_CHAT_ID)
+    entry = EntrySettings.from_memory(ms)
+    book.add_memory(Written("Sword", "The sword lies by the river.", ("sword",)), (0, 3), entry)
+    book.add_memory(Written("Tea", "Mint tea at dusk.", ("tea", "dusk")), (4, 9), entry)
+    found = source.memories(GROUP_CHAT_ID)
+    assert [(m.number, m.content, m.keys) for m in found] == [
+        (1, "The sword lies by the river.", ("sword",)),
+        (2, "Mint tea at dusk.", ("tea", "dusk")),
+    ]
+    ranked = rank(found, ["Alex: tea?"], RecallSettings(), {}, 1)
+    assert [x.memory.content for x in ranked] == ["Mint tea at dusk."]
+
+
 def test_lorebook_rereads_a_changed_file_and_survives_damage(tmp_path: Path) -> None:
-    path = tmp_path / "worlds" / book_file_name("c")
+    source = memory_books(tmp_path / "worlds", "kvtui - {{chat}}")
+    [path] = source.paths("c")
     write_book(path, [wi_entry(0, kvtui=True, key=["a"], content="A.")])
-    source = LorebookSource.in_worlds(tmp_path / "worlds")
     assert [m.content for m in source.memories("c")] == ["A."]
     write_book(path, [wi_entry(0, kvtui=True, key=["a"], content="A2, longer.")])
     os.utime(path, ns=(1, 2_000_000_000_000_000_000))

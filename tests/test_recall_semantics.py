@@ -416,3 +416,45 @@ def test_a_reused_recall_does_not_rewrite_the_state_file(tmp_path: Path) -> None
     assert path.stat().st_ino == inode  # an atomic write would have replaced the file
     apply(eng, tc_body(tc_prompt(TURN2)), GenType.NORMAL)
     assert path.stat().st_ino != inode
+
+
+# -- as the proxy sees it: types from kvtui's wire classifier, no extension -----------------
+
+
+def test_every_row_with_the_wire_classifier() -> None:
+    """Without the companion extension the proxy's classifier gives the type: a regenerate
+    looks like a swipe, an edit or a delete like a normal turn. The key still gets each row of
+    the table right (the router's order: classify the client's body, then inject)."""
+    from kvtui.proxy.gentype import TurnMemory, classify_request, remember
+
+    eng = engine()
+    previous: TurnMemory | None = None
+
+    def send(body: dict[str, Any], reply: str = "") -> tuple[GenType, Decision | None, str]:
+        nonlocal previous
+        result = classify_request(body, previous, character=CHAR, user_name=USER)
+        assert result is not None
+        out = apply(eng, body, result.gen_type, user_name=USER)
+        previous = remember(previous, result, body["prompt"], reply)
+        return result.gen_type, out.telemetry.decision, out.telemetry.reason
+
+    assert send(tc_body(tc_prompt(TURN1)), TURN1_REPLY)[:2] == (GenType.NORMAL, Decision.COMPUTED)
+    cont = tc_body(tc_prompt(TURN1) + f"{CHAR}: {TURN1_REPLY}")
+    assert send(cont, TURN1_REPLY + " More.")[:2] == (GenType.CONTINUE, Decision.REUSED)
+    assert send(tc_body(tc_prompt(TURN1)), TURN1_REPLY)[:2] == (GenType.SWIPE, Decision.REUSED)
+    edited: Chat = [(CHAR, GREETING), (USER, "Are there wolves here?")]
+    gen, decision, reason = send(tc_body(tc_prompt(edited)), "Yes.")
+    assert (gen, decision, reason) == (
+        GenType.NORMAL,
+        Decision.RECOMPUTED,
+        "the user's last message changed (edited)",
+    )
+    longer: Chat = [*edited, (CHAR, "Yes."), (USER, "And tea?")]
+    assert send(tc_body(tc_prompt(longer)), "Sure.")[:2] == (GenType.NORMAL, Decision.COMPUTED)
+    imp = tc_body(tc_prompt([*longer, (CHAR, "Sure.")], tail=USER), stop=[f"\n{CHAR}:"])
+    assert send(imp)[:2] == (GenType.IMPERSONATE, Decision.REUSED)
+    gen, decision, reason = send(tc_body(tc_prompt(edited)), "Yes again.")  # deleted 2 messages
+    assert (decision, reason) == (
+        Decision.RECOMPUTED,
+        "the chat is shorter (messages were deleted)",
+    )

@@ -72,28 +72,44 @@ async def test_server_restart_while_kvtui_was_down_restores(tmp_path: Path) -> N
             assert result.timings.cache_n >= n_saved - 1
 
 
-async def test_a_failed_restore_frees_the_slot_in_the_book(
+async def test_an_invalid_save_is_refused_and_the_slot_keeps_its_cache(
     clean_server: EmbeddedServer, tmp_path: Path
 ) -> None:
-    """The server clears a slot whose restore failed; the book must not claim it is still full."""
+    """A file that is not a whole slot save is never sent: llama-server would wipe the slot."""
     import pytest
 
-    from kvtui.llama import RestoreFailed
+    from kvtui.service import ServiceError
 
     settings = settings_for(clean_server, tmp_path)
     async with KvService(settings) as service:
         await service.refresh()
         await fill_and_save(service)
         store = service.require_store()
-        name = store.new_filename("chat", "Kael")
-        (store.directory / name).write_bytes(b"not a slot save")
-        store.rescan()
         slot = service.book.find("chat", "Seraphina")
         assert slot is not None
-        with pytest.raises(RestoreFailed):
-            await service.load(name, slot)
-        assert service.book.record(slot).character is None
-        assert service.book.find("chat", "Kael") is None
+        before = {s.id: s.n_prompt_tokens for s in await service.client.slots()}[slot]
+        assert before
+        good = store.latest("chat", "Seraphina")
+        assert good is not None
+        truncated = store.new_filename("chat", "Seraphina")
+        data = (store.directory / good.filename).read_bytes()
+        for name, content in (
+            (store.new_filename("chat", "Kael"), b"not a slot save"),
+            (truncated, data[: len(data) // 2]),
+        ):
+            (store.directory / name).write_bytes(content)
+            if name == truncated:  # kvtui's own save, cut short on disk after its sidecar
+                sidecar = (store.directory / f"{good.filename}.json").read_bytes()
+                (store.directory / f"{name}.json").write_bytes(sidecar)
+            store.rescan()
+            with pytest.raises(ServiceError, match="keeps its cache|cannot be loaded"):
+                await service.load(name, slot)
+            assert service.book.find("chat", "Seraphina") == slot
+            after = {s.id: s.n_prompt_tokens for s in await service.client.slots()}[slot]
+            assert after == before
+        # The truncated newest file never wins over the good one.
+        latest = store.latest("chat", "Seraphina")
+        assert latest is not None and latest.filename == good.filename
 
 
 def test_a_save_the_server_could_not_write_is_not_a_save() -> None:

@@ -71,3 +71,67 @@ def test_every_setting_is_described() -> None:
     descriptions = field_descriptions()
     assert set(descriptions) == set(Settings.model_fields)
     assert all(descriptions.values())
+
+
+def test_saving_keeps_the_users_comments_layout_and_unknown_keys(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    original = (
+        "# my kvtui set-up\n"
+        "\n"
+        'server_url = "http://gpu-box:8080"  # the big machine\n'
+        "autosave_every = 7\n"
+        "\n"
+        "# keep more\n"
+        "max_autosaves = 20\n"
+        "future_option = true\n"
+    )
+    config.write_text(original)
+    s = load_settings(config)
+    changed = s.model_copy(update={"autosave_every": 3, "prewarm_timeout_minutes": 30.0})
+    save_settings(changed, config)
+    text = config.read_text()
+    assert text.startswith("# my kvtui set-up\n\n")
+    assert 'server_url = "http://gpu-box:8080"  # the big machine\n' in text
+    assert "autosave_every = 3\n" in text and "# keep more\nmax_autosaves = 20\n" in text
+    assert "future_option = true" in text  # not ours: left alone
+    assert "prewarm_timeout_minutes = 30\n" in text  # as a person writes it, not 30.0
+    assert load_settings(config).prewarm_timeout_minutes == 30
+    # Nothing changed: the file is byte-identical after a save.
+    save_settings(load_settings(config), config)
+    assert config.read_text() == text
+
+
+def test_unknown_keys_are_reported_with_a_suggestion(tmp_path: Path) -> None:
+    from kvtui.settings import config_problems
+
+    config = tmp_path / "config.toml"
+    config.write_text("autosave_evry = 3\nmax_autosaves = 4\n")
+    [problem] = config_problems(config)
+    assert "autosave_evry (did you mean autosave_every?)" in problem
+    assert str(config) in problem
+    config.write_text("max_autosaves = 4\n")
+    assert config_problems(config) == []
+    assert config_problems(tmp_path / "missing.toml") == []
+
+
+def test_errors_are_in_plain_words(tmp_path: Path) -> None:
+    from kvtui.settings import human_error
+
+    with pytest.raises(ValidationError) as caught:
+        load_settings(tmp_path / "x.toml", autosave_every="abc")
+    message = human_error(caught.value)
+    assert message == "autosave_every: type a whole number, e.g. 5"
+    with pytest.raises(ValidationError) as caught:
+        load_settings(tmp_path / "x.toml", prewarm_timeout_minutes=0)
+    assert human_error(caught.value) == "prewarm_timeout_minutes: must be more than 0"
+    assert "http" not in message and "pydantic" not in message.lower()
+
+
+def test_the_six_seed_settings_come_first_with_labels() -> None:
+    from kvtui.settings import field_label
+
+    assert list(Settings.model_fields)[:6] == [
+        "autosave_enabled", "autosave_every", "max_autosaves", "notifications",
+        "clear_on_chat_switch", "prewarm_timeout_minutes",
+    ]  # fmt: skip
+    assert all(field_label(name) != name for name in Settings.model_fields)

@@ -20,6 +20,7 @@ import pytest
 
 from kvtui.proxy.chatidentity import identify
 from kvtui.proxy.gentype import TurnMemory, classify_request, remember, request_prompt
+from kvtui.proxy.identity import IdentitySource
 from kvtui.sillytavern import build_card_json, build_sample, write_card_png
 from kvtui.sillytavern import sample as sample_mod
 from kvtui.sillytavern.chatindex import ChatIndex
@@ -168,3 +169,30 @@ def test_the_captured_session_replays_with_the_right_chat_character_and_type(
         if remembers:
             memory[key] = remember(memory.get(key), result, prompt, "")
     assert wrong == []
+
+
+EXTENSION = FIXTURES.parent / "with-extension"
+
+
+@pytest.mark.skipif(
+    not (EXTENSION / "manifest.json").is_file(), reason="no captures with the extension"
+)
+def test_with_the_companion_extension_every_identity_is_stated(tmp_path: Path) -> None:
+    manifest = json.loads((EXTENSION / "manifest.json").read_text("utf-8"))
+    index = ChatIndex(build_sample(tmp_path / "default-user"))
+    index.refresh()
+    seen = 0
+    for entry in manifest["generations"]:
+        generation = json.loads((EXTENSION / entry["file"]).read_text("utf-8"))
+        expected = generation["expected"]
+        identity, forwarded = identify(generation["body"], generation["headers"], index)
+        assert "kvtui" not in forwarded
+        assert (identity.chat, identity.character, identity.group) == (
+            expected["chat"],
+            expected["character"],
+            expected["group"],
+        ), entry["file"]
+        assert identity.source is IdentitySource.EXTENSION and identity.sure
+        assert identity.declared_type is GenType(expected["type"]), entry["file"]
+        seen += 1
+    assert seen == len(manifest["generations"]) > 0

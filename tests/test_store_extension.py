@@ -15,6 +15,8 @@ import pytest
 
 from kvtui.embedded.server import EmbeddedServer
 from kvtui.llama import LlamaClient
+from kvtui.sillytavern import SillyTavernData
+from kvtui.sillytavern.sample import build_sample
 from kvtui.store import (
     KnownChats,
     Match,
@@ -26,6 +28,8 @@ from kvtui.store import (
     parse_save_name,
     resolve_extension_names,
 )
+from kvtui.store.extension import known_chats_from
+from tests.slotfiles import slot_bytes
 
 ONE_TO_ONE = "Серафина - 2026-05-03@18h45m46s123ms"
 GROUP_CHAT = "2026-05-03@19h02m11s004ms"
@@ -176,3 +180,20 @@ def test_kvtui_names_keep_unicode(tmp_path: Path) -> None:
     store = SaveStore(tmp_path)
     name = store.new_filename(GROUP_CHAT, "Серафина", tag="важный момент")
     assert "важный_момент" in name and "@" in name and "Серафина" in name
+
+
+def test_known_chats_come_from_a_sillytavern_data_directory(tmp_path: Path) -> None:
+    data = SillyTavernData(build_sample(tmp_path / "st"))
+    known = known_chats_from(data)
+    store = SaveStore(tmp_path / "saves")
+    store.directory.mkdir()
+    group = next(ref for ref in data.chats() if ref.is_group)
+    members = [m.name for m in data.members(group)]
+    name = ext_name(group.chat_id, "20260503190211", members[1])
+    (store.directory / name).write_bytes(slot_bytes(3))
+    store.set_known_chats(known)
+    [entry] = store.entries()
+    assert (entry.chat, entry.character) == (group.chat_id, members[1])
+    assert [c.chat for c in group_saves(store.entries(), group.chat_id) if c.is_current] == [
+        group.chat_id
+    ]

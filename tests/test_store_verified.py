@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kvtui.embedded.server import EmbeddedServer
+from kvtui.fingerprint import PromptFingerprint
 from kvtui.llama import LlamaClient, SaveFileMissing
 from kvtui.store import (
     NotRestorable,
@@ -27,6 +28,7 @@ from kvtui.store import (
     SaveWriteFailed,
     private_name,
 )
+from kvtui.store.saving import meta_from_name
 from kvtui.store.slotfile import read_header
 
 pytestmark = pytest.mark.server
@@ -212,6 +214,9 @@ async def test_sidecar_less_files_are_checked_by_their_header(
     store.check_restorable(entry, n_ctx=1024)
     with pytest.raises(NotRestorable, match="40 tokens, more than a slot's context of 39"):
         store.check_restorable(entry, n_ctx=39)
+    cut(save_dir / name, entry.size - 1)  # one byte short: the KV walk tells
+    with pytest.raises(NotRestorable, match="KV data ends before"):
+        store.check_restorable(name)
     cut(save_dir / name, 40)  # cut inside its token list
     with pytest.raises(NotRestorable, match="cut short"):
         store.check_restorable(name)
@@ -273,3 +278,59 @@ async def test_repair_cleans_leftovers_adopts_and_reports_once(
     assert entry.verified and entry.chat == "Лесная поляна"
     store.repair()
     assert store.repair() == []  # each thing is reported once
+
+
+async def test_autoload_picks_the_newest_sound_matching_save_and_says_what_it_passed_over(
+    client: LlamaClient, save_dir: Path
+) -> None:
+    store = SaveStore(save_dir)
+    story = "Mira: the forest is quiet tonight. " * 40
+    await fill(client, 0, 40)
+    older = store.new_filename("c", "Mira", when=T0)
+    meta = SaveMeta(chat="c", character="Mira", fingerprint=PromptFingerprint.of(story))
+    await store.save_verified(client, 0, older, meta)
+    other = store.new_filename("c", "Mira", when=T0 + timedelta(minutes=1))
+    alien = PromptFingerprint.of("Kael: a different conversation entirely. " * 40)
+    await store.save_verified(client, 0, other, meta.model_copy(update={"fingerprint": alien}))
+    broken = await save(store, client, 0, "c", "Mira", T0 + timedelta(minutes=2))
+    cut(save_dir / broken, 100)
+
+    entry, notes = store.pick_restorable("c", "Mira", n_ctx=1024, prompt_text=story + " more")
+    assert entry is not None and entry.filename == older
+    assert len(notes) == 2 and broken in notes[0] and "cut short" in notes[0]
+    assert other in notes[1] and "different conversation" in notes[1]
+    entry, notes = store.pick_restorable("c", "Mira", n_ctx=1024)
+    assert entry is not None and entry.filename == other and len(notes) == 1
+    entry, notes = store.pick_restorable("c", "Mira", n_ctx=10)
+    assert entry is None and len(notes) == 3
+    assert all("more than a slot's context of 10" in n for n in notes[1:])
+
+
+async def test_an_unchanged_cache_is_not_saved_twice(client: LlamaClient, save_dir: Path) -> None:
+    store = SaveStore(save_dir)
+    await fill(client, 0, 45)
+    first = await save(store, client, 0, "c", "Ida", T0)
+    again = store.new_filename("c", "Ida", when=T0 + timedelta(minutes=1))
+    meta = SaveMeta(chat="c", character="Ida")
+    entry = await store.save_verified(client, 0, again, meta, unless_same_as=first)
+    assert entry.filename == first and listing(save_dir) == [first, first + ".json"]
+    await fill(client, 0, 60)  # the cache moved on: a real new save
+    entry = await store.save_verified(client, 0, again, meta, unless_same_as=first)
+    assert entry.filename == again and entry.n_saved == 60
+
+
+@pytest.mark.parametrize(
+    "name", ["persist.bin", "Forest_Party~abcd2345_20260503120000_character_Mira.bin"]
+)
+async def test_a_client_named_save_is_verified_and_never_overwritten(
+    client: LlamaClient, save_dir: Path, name: str
+) -> None:
+    store = SaveStore(save_dir)
+    await fill(client, 0, 33)
+    entry = await store.save_verified(client, 0, name, meta_from_name(name))
+    assert entry.verified and entry.n_saved == 33 and listing(save_dir) == [name, name + ".json"]
+    with pytest.raises(SaveRefused):
+        await store.save_verified(client, 1, name, meta_from_name(name))
+    cut(save_dir / name, entry.size - 10)
+    with pytest.raises(NotRestorable, match="cut short"):
+        store.check_restorable(name)

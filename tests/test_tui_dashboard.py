@@ -161,7 +161,8 @@ async def test_save_slot_save_now_and_clear_all(
         assert [p.name.split("_character_")[1] for p in files(save_dir)] == ["Kael.bin"]
         await pilot.press("a")  # save now: everyone, untagged
         await settle(pilot)
-        assert len(files(save_dir, "*_character_Kael.bin")) == 2
+        # Kael's cache is unchanged since his slot save: not written a second time.
+        assert len(files(save_dir, "*_character_Kael.bin")) == 1
         assert len(files(save_dir, "*_character_Mira.bin")) == 1
         assert not files(save_dir, "*_tag_*")
         await pilot.press("x")
@@ -170,7 +171,7 @@ async def test_save_slot_save_now_and_clear_all(
         await settle(pilot)
         await wait_until(pilot, lambda: cell(app, 1, "character") == "—", "cleared rows")
         assert all(s.n_prompt_tokens in (0, None) for s in await service.client.slots())
-        assert len(files(save_dir)) == 3  # caches on disk stay
+        assert len(files(save_dir)) == 2  # caches on disk stay
 
 
 @pytest.mark.server

@@ -113,7 +113,7 @@ async def test_settings_form_validates_inline_and_returns_new_settings() -> None
         poll.value = "0"
         await pilot.pause()
         error = form.query_one("#error-poll_interval", Label)
-        assert "greater than or equal to 0.1" in str(error.content)
+        assert str(error.content) == "Must be at least 0.1."
         assert form.query_one("#setting-poll_interval").has_class("invalid")
         await pilot.press("ctrl+s")
         await pilot.pause()
@@ -131,6 +131,59 @@ async def test_settings_form_validates_inline_and_returns_new_settings() -> None
     assert new.keymap == {"save_slot": "ctrl+s"}
     assert settings.poll_interval == 1.0  # the old settings object is untouched
     assert (await run_modal(SettingsScreen(settings), "escape"))[1] == [None]
+
+
+async def test_settings_form_reads_like_the_extension_and_asks_before_discarding(
+    tmp_path: Path,
+) -> None:
+    settings = Settings.model_construct(state_dir=tmp_path / "state")
+    app = Host()
+    results: list[Settings | None] = []
+    async with app.run_test(size=(80, 24)) as pilot:
+        form = SettingsScreen(settings)
+        app.push_screen(form, results.append)
+        await pilot.pause()
+        # The seed's six settings first, the focus on the first, values as typed.
+        names = [w.id.removeprefix("setting-") for w in form.query(".setting") if w.id]
+        assert names[:6] == [
+            "autosave_enabled", "autosave_every", "max_autosaves", "notifications",
+            "clear_on_chat_switch", "prewarm_timeout_minutes",
+        ]  # fmt: skip
+        assert form.focused is form.query_one("#field-autosave_enabled")
+        assert form.query_one("#field-prewarm_timeout_minutes", Input).value == "20"
+        label = form.query_one("#setting-autosave_every .setting-name", Label)
+        assert str(label.content) == "Save every N messages  autosave_every"
+        # An "off" switch says so in words.
+        form.query_one("#field-notifications").toggle()  # type: ignore[attr-defined]
+        await pilot.pause()
+        assert str(form.query_one("#state-notifications", Label).content) == "off"
+        # Folders are checked, in plain words.
+        save_dir = form.query_one("#field-save_dir", Input)
+        save_dir.value = str(tmp_path / "missing")
+        await pilot.pause()
+        error = str(form.query_one("#error-save_dir", Label).content)
+        assert error == f"There is no folder {tmp_path / 'missing'}."
+        save_dir.value = str(tmp_path)
+        form.query_one("#field-autosave_every", Input).value = "abc"
+        await pilot.pause()
+        assert str(form.query_one("#error-save_dir", Label).content) == ""
+        assert str(form.query_one("#error-autosave_every", Label).content) == (
+            "Type a whole number, e.g. 5."
+        )
+        # Esc with edits asks; "n" keeps the form and the edits.
+        await pilot.press("escape")
+        await pilot.pause()
+        assert type(app.screen) is ConfirmModal
+        await pilot.press("n")
+        await pilot.pause()
+        screen: object = app.screen
+        assert screen is form and results == []
+        assert save_dir.value == str(tmp_path)
+        await pilot.press("escape")
+        await pilot.pause()
+        await pilot.press("y")
+        await pilot.pause()
+    assert results == [None]
 
 
 async def test_help_lists_ids_and_keys() -> None:
@@ -180,3 +233,34 @@ async def test_assign_dialog_lists_chats_by_name_and_fills_the_id() -> None:
     # Typing a chat's name in full works too: it becomes the chat id.
     assert suggestions.resolve_chat("forest party") == "2026-05-03@19h02m11s004ms"
     assert suggestions.resolve_chat("a chat kvtui never saw") == "a chat kvtui never saw"
+
+
+async def test_event_log_rewraps_on_resize_and_stays_at_the_newest_line() -> None:
+    from kvtui.events import Event, Kind
+    from kvtui.tui.widgets.event_log import EventLogPanel
+
+    class LogHost(Host):
+        def compose(self) -> Any:
+            yield EventLogPanel(id="events")
+
+    app = LogHost()
+    async with app.run_test(size=(120, 24)) as pilot:
+        log = app.query_one(EventLogPanel)
+        log.titles = {"2026-05-03@19h02m11s004ms": "Forest Party"}
+        for i in range(40):
+            log.add_event(Event(Kind.ROUTE, f"Kael (2026-05-03@19h02m11s004ms) → slot {i}. " * 3))
+        await pilot.pause()
+        wide_lines = len(log.lines)
+        await pilot.resize_terminal(60, 24)
+        for _ in range(50):
+            await pilot.pause()
+            if len(log.lines) > wide_lines and log.scroll_y == log.max_scroll_y:
+                break
+        assert len(log.lines) > wide_lines  # wrapped again at the new width
+        width = log.scrollable_content_region.width
+        assert all(line.cell_length <= width for line in log.lines)
+        assert log.scroll_y == log.max_scroll_y > 0  # still showing the newest line
+        assert "Forest Party" in "".join(seg.text for seg in log.lines[-1])
+        assert "2026-05-03@19h02m11s004ms" not in "".join(
+            seg.text for line in log.lines for seg in line
+        )

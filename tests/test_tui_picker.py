@@ -137,7 +137,11 @@ async def test_search_filters_chats_characters_and_tags() -> None:
         picker.query_one(Input).value = "nobody"
         await pilot.pause()
         assert visible_labels(tree.root) == ["No saves match."]
-        await pilot.press("enter", "escape")  # back to the tree, then cancel
+        await pilot.press("enter", "escape")  # back to the tree; Esc clears the search first
+        await pilot.pause()
+        assert app.screen is picker and picker.query_one(Input).value == ""
+        assert visible_labels(tree.root) != ["No saves match."]
+        await pilot.press("escape")  # then cancels
         await pilot.pause()
         assert app.screen is not picker
 

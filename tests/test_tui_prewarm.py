@@ -56,3 +56,45 @@ async def test_prewarm_screen_warms_unmuted_members(
             assert store.latest(GROUP_CHAT, name) is not None, name
         await pilot.press("escape")
         assert not isinstance(app.screen, PrewarmScreen)
+
+
+async def test_a_cancelled_run_does_not_read_100_percent(tmp_path: Path) -> None:
+    from textual.widgets import Input, Label, ProgressBar
+
+    from kvtui.prewarm import CharacterResult, Outcome, Progress
+    from kvtui.sillytavern import Member
+    from kvtui.tui.screens.prewarm import PrewarmProgress, member_label
+
+    st_dir = copy_sample(tmp_path / "st")
+    app = make_app(make_settings(tmp_path, None, st_dir=st_dir, poll_interval=5))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = PrewarmScreen(app.service, GROUP_CHAT)
+        await app.push_screen(screen)
+        await wait_until(pilot, lambda: screen.plan is not None, "the plan")
+        done = (
+            CharacterResult("Seraphina", Outcome.WARMED, tokens=600, seconds=1.0),
+            CharacterResult("Kael", Outcome.CANCELLED),
+            CharacterResult("Mira", Outcome.CANCELLED),
+        )
+        screen.post_message(
+            PrewarmProgress(Progress(3, None, done, 2.0, finished=True, cancelled=True))
+        )
+        await pilot.pause()
+        bar = screen.query_one("#prewarm-bar", ProgressBar)
+        assert bar.total == 3 and bar.progress == 1  # one of three, not 100 %
+        assert "Cancelled" in str(screen.query_one("#prewarm-status", Label).content)
+        # Esc in the search box clears the search before it closes the screen.
+        search = screen.query_one("#prewarm-search", Input)
+        search.value = "ka"
+        await pilot.pause()
+        await pilot.press("escape")
+        await pilot.pause()
+        assert search.value == "" and app.screen is screen
+    # Muted members are marked in words that every theme shows (never only dimmed).
+    label = member_label(Member("Brann", "Brann.png", muted=True), "")
+    assert "(muted)" in label.plain
+    assert all(
+        "dim" not in str(span.style)
+        for span in label.spans
+        if "muted" in label.plain[span.start : span.end]
+    )

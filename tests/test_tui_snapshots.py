@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Input
+from textual.widgets import Input, Static
 from textual.worker import WorkerCancelled
 
 from kvtui.events import Event, EventLog, Kind, Level
@@ -33,13 +33,15 @@ SnapCompare = Callable[..., bool]
 ROOT = Path(__file__).parent.parent
 SNAPSHOTS = Path(__file__).parent / "__snapshots__" / "test_tui_snapshots"
 SCREENSHOTS = ROOT / "screenshots"
-SIZE = (120, 40)
+SIZE = (100, 32)
 NOW = datetime(2026, 5, 3, 18, 42, 10, tzinfo=UTC)
 PARTY = "2026-05-03@19h02m11s004ms"
 SOLO = "Seraphina - 2026-05-03@18h45m46s123ms"
 TITLES = {PARTY: "Forest Party", SOLO: "Seraphina"}
 SHOTS = {
     "test_dashboard": "dashboard.svg",
+    "test_demo_at_80x24": "demo-80x24.svg",
+    "test_confirm_shows_its_keys": "confirm.svg",
     "test_load_picker": "load-picker.svg",
     "test_tag_dialog": "tag-dialog.svg",
     "test_settings_form": "settings.svg",
@@ -71,36 +73,40 @@ SNAPSHOT = Snapshot(
     server_url="http://127.0.0.1:8080",
     model="/models/Mistral-Nemo-12B-Q5_K_M.gguf",
     build_info="b7021-6a1f3b2c",
-    total_slots=4,
+    total_slots=3,
     n_ctx=2048,
     save_dir=Path("/home/alex/kv-saves"),
     rows=(
-        slot(0, tokens=1812, chat=PARTY, character="Seraphina", usage=4, messages_until_save=2,
-             last_save_at=NOW - timedelta(minutes=3)),
-        slot(1, processing=True, n_decoded=37, n_remain=91, tokens=1604, chat=PARTY,
-             character="Kael", usage=3, messages_until_save=4,
-             last_save_at=NOW - timedelta(minutes=12)),
-        slot(2, tokens=988, chat=PARTY, character="Mira", usage=1, messages_until_save=5),
-        slot(3),
+        slot(0, tokens=661, chat=PARTY, character="Brann", usage=1, messages_until_save=1),
+        slot(1, processing=True, n_decoded=9, n_remain=7, tokens=791, chat=PARTY,
+             character="Seraphina", usage=2, messages_until_save=2,
+             last_save_at=NOW - timedelta(seconds=8)),
+        slot(2, tokens=604, chat=PARTY, character="Mira", usage=1, messages_until_save=None,
+             last_save_at=NOW - timedelta(seconds=8)),
     ),
     error=None,
     taken_at=NOW,
 )  # fmt: skip
+"""The demo's table as its script plays (turn 6 of 12), Mira's autosave switched off."""
 
 EVENTS = [
-    Event(Kind.LOAD, "Loaded Seraphina into slot 0: 1640 tokens from 2026-05-02 21:14:03.",
-          time=NOW - timedelta(minutes=19)),
-    Event(Kind.ROUTE, "Kael (2026-05-03@19h02m11s004ms) → slot 1.",
-          time=NOW - timedelta(minutes=15)),
-    Event(Kind.AUTOSAVE, "Saved Kael (2026-05-03@19h02m11s004ms) from slot 1: 1604 tokens, "
-          "autosave.", time=NOW - timedelta(minutes=12)),
-    Event(Kind.ROTATE, "Rotated 1 old autosave(s) of Kael (2026-05-03@19h02m11s004ms).",
-          time=NOW - timedelta(minutes=12)),
-    Event(Kind.EVICT, "Evicted Brann from slot 2 (usage 0).", time=NOW - timedelta(minutes=6)),
-    Event(Kind.SAVE, "Saved Seraphina (2026-05-03@19h02m11s004ms) from slot 0: 1812 tokens, "
-          "tag 'важный момент'.", time=NOW - timedelta(minutes=3)),
-    Event(Kind.CONNECTION, "llama-server is loading its model.", Level.WARNING,
-          time=NOW - timedelta(minutes=1)),
+    Event(Kind.CHAT_SWITCH, f"Current chat: Forest Party ({PARTY}).",
+          time=NOW - timedelta(seconds=40)),
+    Event(Kind.ROUTE, f"Seraphina ({PARTY}) → slot 0.", time=NOW - timedelta(seconds=38)),
+    Event(Kind.ROUTE, f"Kael ({PARTY}) → slot 1.", time=NOW - timedelta(seconds=36)),
+    Event(Kind.ROUTE, f"Mira ({PARTY}) → slot 2.", time=NOW - timedelta(seconds=34)),
+    Event(Kind.AUTOSAVE, f"Saved Seraphina ({PARTY}) from slot 0: 628 tokens, autosave.",
+          time=NOW - timedelta(seconds=20)),
+    Event(Kind.EVICT, "Evicted Seraphina from slot 0 (usage 1).",
+          time=NOW - timedelta(seconds=20)),
+    Event(Kind.ROUTE, f"Brann ({PARTY}) → slot 0.", time=NOW - timedelta(seconds=20)),
+    Event(Kind.AUTOSAVE, f"Saved Kael ({PARTY}) from slot 1: 573 tokens, autosave.",
+          time=NOW - timedelta(seconds=8)),
+    Event(Kind.EVICT, "Evicted Kael from slot 1 (usage 1).", time=NOW - timedelta(seconds=8)),
+    Event(Kind.AUTOLOAD, "Restored Seraphina into slot 1: 628 tokens, saved 18:41:50.",
+          time=NOW - timedelta(seconds=8)),
+    Event(Kind.CONNECTION, "llama-server is slow to answer /slots (2.1 s).", Level.WARNING,
+          time=NOW - timedelta(seconds=2)),
 ]  # fmt: skip
 
 
@@ -156,7 +162,7 @@ class FixedService(KvService):
         pass  # nothing on disk to keep
 
 
-def fixed_app(st_dir: Path | None = None) -> KvtuiApp:
+def fixed_app(st_dir: Path | None = None, *, demo: bool = False) -> KvtuiApp:
     settings = Settings.model_construct(
         server_url="http://127.0.0.1:8080",
         save_dir=Path("/home/alex/kv-saves"),
@@ -165,7 +171,8 @@ def fixed_app(st_dir: Path | None = None) -> KvtuiApp:
         poll_interval=60.0,
         notifications=False,
     )
-    return make_app(settings, service=FixedService(settings, events=FixedEvents(EVENTS)))
+    service = FixedService(settings, events=FixedEvents(EVENTS))
+    return make_app(settings, service=service, demo_slots=3 if demo else None)
 
 
 @pytest.fixture(autouse=True)
@@ -189,12 +196,44 @@ async def settle(pilot: Pilot[Any]) -> None:
         field.cursor_blink = False
 
 
+def show_demo_turn(pilot: Pilot[Any]) -> None:
+    from kvtui.demo_script import SCRIPT
+    from kvtui.tui.screens.demo import step_text
+
+    screen = pilot.app.screen
+    screen.query_one("#demo-line", Static).update(
+        step_text(SCRIPT[5], 5, len(SCRIPT), "Forest Party")
+    )
+
+
 def test_dashboard(snap_compare: SnapCompare) -> None:
     async def run_before(pilot: Pilot[Any]) -> None:
         await settle(pilot)
+        show_demo_turn(pilot)
         await pilot.press("down")
+        await settle(pilot)
 
-    assert snap_compare(fixed_app(), run_before=run_before, terminal_size=SIZE)
+    assert snap_compare(fixed_app(demo=True), run_before=run_before, terminal_size=SIZE)
+
+
+def test_demo_at_80x24(snap_compare: SnapCompare) -> None:
+    """The smallest terminal: every main key in the footer, the rest behind ? and ctrl+p."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        show_demo_turn(pilot)
+        await settle(pilot)
+
+    assert snap_compare(fixed_app(demo=True), run_before=run_before, terminal_size=(80, 24))
+
+
+def test_confirm_shows_its_keys(snap_compare: SnapCompare) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await settle(pilot)
+        await pilot.press("down", "e")
+        await settle(pilot)
+
+    assert snap_compare(fixed_app(), run_before=run_before, terminal_size=(80, 24))
 
 
 def test_load_picker(snap_compare: SnapCompare) -> None:

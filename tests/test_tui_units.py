@@ -49,8 +49,8 @@ def test_slot_cells_idle_empty_slot() -> None:
     cells = slot_cells(row())
     assert str(cells["state"]) == "idle"
     assert str(cells["character"]) == "—" and str(cells["chat"]) == "—"
-    assert cells["tokens"] == "— / 1024"
-    assert cells["usage"] == "—" and cells["autosave"] == "—" and cells["last_save"] == "—"
+    assert cells["tokens"] == "—/1024"
+    assert cells["usage"] == "—" and str(cells["autosave"]) == "—" and cells["last_save"] == "—"
 
 
 def test_slot_cells_busy_character_slot() -> None:
@@ -69,17 +69,15 @@ def test_slot_cells_busy_character_slot() -> None:
         ),
         now=now,
     )
-    assert str(cells["state"]) == "processing 12/100"
+    assert str(cells["state"]) == "busy 12/100"
     # Names stay literal text: brackets are not markup.
     assert str(cells["chat"]) == "Forest [Party]"
-    assert cells["tokens"] == "812 / 1024"
+    assert cells["tokens"] == "812/1024"
     assert cells["usage"] == "3"
-    assert cells["autosave"] == "in 1 message"
+    assert str(cells["autosave"]) == "in 1 msg"
     assert cells["last_save"] == local_time(now - timedelta(minutes=5), now)
-    assert str(slot_cells(row(processing=True, n_decoded=5, n_remain=-1))["state"]) == (
-        "processing 5"
-    )
-    assert slot_cells(row(character="A", messages_until_save=None))["autosave"] == "off"
+    assert str(slot_cells(row(processing=True, n_decoded=5, n_remain=-1))["state"]) == ("busy 5")
+    assert str(slot_cells(row(character="A", messages_until_save=None))["autosave"]) == "off"
 
 
 def test_slot_cells_show_sillytavern_chat_names() -> None:
@@ -160,11 +158,12 @@ def test_validate_field_reports_pydantic_errors() -> None:
     candidate = Settings.model_construct()  # the defaults, without reading env or config
     assert validate_field(candidate, "poll_interval", "0.5") is None
     assert candidate.poll_interval == 0.5
-    assert validate_field(candidate, "autosave_every", "0") == (
-        "Input should be greater than or equal to 1"
+    assert validate_field(candidate, "autosave_every", "0") == "Must be at least 1."
+    assert validate_field(candidate, "prewarm_timeout_minutes", "x") == (
+        "Type a number, e.g. 20 or 1.5."
     )
     assert (
-        validate_field(candidate, "server_url", "ftp://x") == "must start with http:// or https://"
+        validate_field(candidate, "server_url", "ftp://x") == "Must start with http:// or https://."
     )
     assert validate_field(candidate, "state_dir", "") == "A value is required."
     assert validate_field(candidate, "save_dir", "") is None and candidate.save_dir is None
@@ -211,3 +210,14 @@ def test_header_says_what_the_connection_is_doing() -> None:
     ok = str(server_lines(header(ConnectionState.CONNECTED, "stale error"), None, None))
     assert ok.startswith("● connected   server http://127.0.0.1:8080") and "stale" not in ok
     assert "slots 4 × 1024 tokens" in ok
+
+
+def test_list_settings_are_edited_as_comma_separated_text() -> None:
+    from kvtui.tui.screens.settings_form import field_text
+
+    candidate = Settings.model_construct(allowed_origins=["http://a:1", "http://b:2"])
+    assert field_text(candidate, "allowed_origins") == "http://a:1, http://b:2"
+    assert validate_field(candidate, "allowed_origins", " http://c:3 ,, http://d:4 ") is None
+    assert candidate.allowed_origins == ["http://c:3", "http://d:4"]
+    assert validate_field(candidate, "allowed_hosts", "") is None
+    assert candidate.allowed_hosts == []

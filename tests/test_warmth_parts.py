@@ -106,6 +106,9 @@ def test_summary_adds_up() -> None:
     assert s.seconds_saved == pytest.approx(9900 / 2000)
     assert s.real_model_disk_seconds == pytest.approx(11 * 1000 * 100_000 / 100e6)
     assert s.hit_ratio == pytest.approx(0.9)
+    assert s.invariant_holds and s.to_json()["invariant_holds"] is True
+    broken = summarize([record(0, lost_tokens=41)])  # a line whose losses do not add up
+    assert not broken.invariant_holds
 
 
 def test_stats_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

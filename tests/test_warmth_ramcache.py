@@ -104,3 +104,22 @@ async def test_avoided_slots_are_never_probed(no_ram_server: EmbeddedServer) -> 
     async with LlamaClient(no_ram_server.url) as client:
         info = await detect_ram_cache(client, avoid={0, 1})
         assert info.probe_cache_n is None and info.enabled is False
+
+
+async def test_bytes_per_token_measured_on_real_saves(clean_server: EmbeddedServer) -> None:
+    from kvtui.store import SaveMeta, SaveStore
+    from kvtui.warmth.bridge import bytes_per_token
+
+    assert clean_server.save_dir is not None
+    store = SaveStore(clean_server.save_dir)
+    assert bytes_per_token(store) == 528.0  # no saves yet: the default
+    async with LlamaClient(clean_server.url) as client:
+        await client.completion("A story to save. " * 20, n_predict=1, id_slot=0)
+        name = store.new_filename("camp", "Kael")
+        saved = await client.save(0, name)
+    store.write_meta(
+        name,
+        SaveMeta(chat="camp", character="Kael", n_saved=saved.n_saved, n_written=saved.n_written),
+    )
+    assert bytes_per_token(store) == saved.n_written / saved.n_saved
+    assert 528 < bytes_per_token(store) < 540  # 528 per token plus the file's header

@@ -194,5 +194,6 @@ async def test_sum_invariant_against_the_servers_own_totals(
     summary = ledger.summary()
     by_reason = sum(r.tokens for r in summary.by_reason)
     assert by_reason == summary.lost_tokens == server_prefilled - summary.new_tokens
+    assert summary.invariant_holds
     assert {r.reason for r in summary.by_reason} == {"evicted_unsaved", "prompt_changed_early"}
     assert all(r.lost_tokens == sum(r.losses.values()) for r in records)

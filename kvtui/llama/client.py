@@ -271,7 +271,17 @@ class LlamaClient:
         """
         check_filename(filename)
         await self._check_slot(slot)
-        data = await self._slot_action(slot, "save", {"filename": filename}, filename=filename)
+        try:
+            data = await self._slot_action(slot, "save", {"filename": filename}, filename=filename)
+        except ServerError as err:
+            if err.status == 500 and "unable to save" in err.message.lower():
+                raise ServerError(  # what llama-server answers when its disk is full
+                    err.message,
+                    "llama-server could not write the file: is the disk holding its "
+                    "--slot-save-path full or read-only? Free space there and save again.",
+                    status=err.status,
+                ) from err
+            raise
         return self._model(SaveResult, data, "save")
 
     async def restore(self, slot: int, filename: str) -> RestoreResult:

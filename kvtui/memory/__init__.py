@@ -10,7 +10,7 @@ The service layer for memory books (it never imports textual): ``scene`` picks m
 from __future__ import annotations
 
 from kvtui.memory.contract import Memory, MemoryReplyError, ReplyCode, memory_schema, parse_memory
-from kvtui.memory.jobs import JobError, JobProgress, JobResult, JobRunner, PromptTooLarge
+from kvtui.memory.jobs import Borrowed, JobError, JobProgress, JobResult, JobRunner, PromptTooLarge
 from kvtui.memory.lorebook import BookError, EntrySettings, Lorebook, StoredMemory
 from kvtui.memory.preview import Preview, PreviewError, PreviewState
 from kvtui.memory.settings import EntryMode, MemorySettings, OrderMode
@@ -18,6 +18,7 @@ from kvtui.memory.workflow import MemoryPlan, MemoryWorkflow, SavedMemory
 
 __all__ = [
     "BookError",
+    "Borrowed",
     "EntryMode",
     "EntrySettings",
     "JobError",

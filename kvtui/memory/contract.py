@@ -124,6 +124,11 @@ def _clean(text: str) -> str:
     return text.strip()
 
 
+def clean_reply(text: str) -> str:
+    """A reply without ``<think>`` blocks and a BOM, stripped (also for free-text replies)."""
+    return _clean(text or "")
+
+
 def _balanced_objects(text: str) -> list[str]:
     """Every top-level balanced ``{…}`` in ``text`` (strings respected)."""
     found: list[str] = []

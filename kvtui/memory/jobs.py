@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,8 +106,10 @@ class JobResult:
 OnProgress = Callable[[JobProgress], None]
 
 
-@dataclass
-class _Park:
+@dataclass(frozen=True)
+class Borrowed:
+    """A borrowed slot: its occupant parked in ``filename`` (None: it was empty)."""
+
     slot: int
     filename: str | None
     n_saved: int
@@ -197,13 +199,29 @@ class JobRunner:
             slot = self.settings.memory_slot
             content, final = await self._generate(prompt, slot, n_predict, body, report)
             return self._result(content, final, slot, self.mode, None, started)
+        async with self._borrowed(report) as park:
+            content, final = await self._generate(prompt, park.slot, n_predict, body, report)
+        return self._result(content, final, park.slot, "borrowed", park, started)
+
+    def borrow(
+        self, on_progress: OnProgress | None = None
+    ) -> contextlib.AbstractAsyncContextManager[Borrowed]:
+        """Borrow an idle slot of the main server for a request kvtui forwards (the proxy's
+        memory and summary jobs): ``async with runner.borrow() as b: … id_slot=b.slot …``.
+
+        Inside the block the gate is held and the occupant is parked; on leaving (also on
+        error or cancel) the occupant is restored and the private file deleted.
+        """
+        return self._borrowed(_Reporter(on_progress, time.monotonic()))
+
+    @contextlib.asynccontextmanager
+    async def _borrowed(self, report: _Reporter) -> AsyncIterator[Borrowed]:
         async with contextlib.AsyncExitStack() as held:
             park = await self._park(held, report)  # returns with the gate held
             try:
-                content, final = await self._generate(prompt, park.slot, n_predict, body, report)
+                yield park
             finally:
                 await _shielded(self._unpark(park, report))
-        return self._result(content, final, park.slot, "borrowed", park, started)
 
     def _result(
         self,
@@ -211,7 +229,7 @@ class JobRunner:
         final: dict[str, Any],
         slot: int | None,
         mode: str,
-        park: _Park | None,
+        park: Borrowed | None,
         started: float,
     ) -> JobResult:
         timings = final.get("timings")
@@ -263,7 +281,7 @@ class JobRunner:
         idle.sort(key=lambda s: (s.n_prompt_tokens or 0, s.id))
         return idle[0] if idle else None
 
-    async def _park(self, held: contextlib.AsyncExitStack, report: _Reporter) -> _Park:
+    async def _park(self, held: contextlib.AsyncExitStack, report: _Reporter) -> Borrowed:
         """Choose an idle slot and park its occupant; the gate stays held (in ``held``)."""
         client = self.client
         if client.save_dir is None:
@@ -295,18 +313,18 @@ class JobRunner:
             report("waiting", "Waiting for an idle slot")
             await asyncio.sleep(0.25)
 
-    async def _save_occupant(self, slot: SlotState, report: _Reporter) -> _Park:
+    async def _save_occupant(self, slot: SlotState, report: _Reporter) -> Borrowed:
         if not slot.n_prompt_tokens:
-            return _Park(slot.id, None, 0)
+            return Borrowed(slot.id, None, 0)
         filename = private_name("job")
         report("parking", f"Parking slot {slot.id} ({slot.n_prompt_tokens} tokens)")
         result = await self.client.save(slot.id, filename)
         if result.n_saved == 0:
             self._delete(filename)
-            return _Park(slot.id, None, 0)
-        return _Park(slot.id, filename, result.n_saved)
+            return Borrowed(slot.id, None, 0)
+        return Borrowed(slot.id, filename, result.n_saved)
 
-    async def _unpark(self, park: _Park, report: _Reporter) -> None:
+    async def _unpark(self, park: Borrowed, report: _Reporter) -> None:
         report("restoring", f"Restoring slot {park.slot}")
         if park.filename is None:
             await self.client.erase(park.slot)

@@ -106,20 +106,21 @@ class TemplateLibrary(Generic[T]):
         self._save([*items, item])
         return item
 
-    def update(self, name: str, **changes: Any) -> T:
-        """Change fields of ``name`` (a rename must not collide)."""
+    def update(self, current: str, /, **changes: Any) -> T:
+        """Change fields of the template named ``current`` (a rename must not collide)."""
         items = self._load()
-        index = self._index(items, name)
+        index = self._index(items, current)
         new_name = str(changes.get("name", _name(items[index]))).strip()
         if not new_name:
             raise LibraryError(f"A {self.kind} needs a name.")
         others = [_name(i).casefold() for j, i in enumerate(items) if j != index]
         if new_name.casefold() in others:
             raise LibraryError(f'A {self.kind} named "{new_name}" exists; pick another name.')
+        values = {**items[index].model_dump(), **changes, "name": new_name}
+        if new_name.casefold() != _name(items[index]).casefold():
+            values["builtin"] = False  # a renamed built-in is the user's own from now on
         try:
-            updated = self.model.model_validate(
-                {**items[index].model_dump(), **changes, "name": new_name}
-            )
+            updated = self.model.model_validate(values)
         except ValidationError as err:
             raise LibraryError(f"Not a valid {self.kind}: {err.errors()[0]['msg']}") from err
         items[index] = updated

@@ -4,7 +4,8 @@ A preview holds the latest reply and what was made of it. From ``READY`` the use
 edit (the edited memory is what gets saved), retry (a new reply replaces the old, edits
 included) or cancel. A failed reply (``FAILED``) can be retried, fixed by hand (``edit_raw``:
 the corrected text goes through the same parser) or cancelled. Only an ``ACCEPTED`` preview has
-a memory to save; cancel and failures leave nothing to save.
+a memory to save; cancel and failures leave nothing to save. :class:`TextPreview` is the same
+for free text (side prompts).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from kvtui.memory.contract import Memory, MemoryReplyError, ReplyCode, parse_memory
+from kvtui.memory.contract import (
+    Memory,
+    MemoryReplyError,
+    ReplyCode,
+    clean_reply,
+    parse_memory,
+)
 
 
 class PreviewState(StrEnum):
@@ -114,6 +121,71 @@ class Preview:
         return self.memory if self.state is PreviewState.ACCEPTED else None
 
     def _require(self, *states: PreviewState) -> None:
-        if self.state not in states:
-            allowed = " or ".join(s.value for s in states)
-            raise PreviewError(f"The preview is {self.state.value}, not {allowed}.")
+        _require(self.state, *states)
+
+
+@dataclass
+class TextPreview:
+    """The same accept / edit / retry / cancel states for free-text output (side prompts).
+
+    A reply is ``READY`` when it has text once ``<think>`` blocks are removed; an empty reply,
+    or one the server cut at its token limit, is ``FAILED`` with a message that says what to try.
+    """
+
+    state: PreviewState = PreviewState.WAITING
+    text: str | None = None
+    error: str | None = None
+    raw: str = ""
+    attempts: int = 0
+    edited: bool = False
+
+    def offer(self, raw: str, *, stop_type: str | None = None, truncated: bool = False) -> None:
+        _require(self.state, PreviewState.WAITING)
+        self.raw, self.attempts, self.edited = raw, self.attempts + 1, False
+        text = clean_reply(raw)
+        if truncated or stop_type == "limit":
+            self.text, self.state = None, PreviewState.FAILED
+            self.error = "The server stopped at its token limit: raise memory_n_predict, retry."
+        elif not text:
+            self.text, self.state = None, PreviewState.FAILED
+            self.error = "The reply is empty: retry, or use another model."
+        else:
+            self.text, self.error, self.state = text, None, PreviewState.READY
+
+    def edit(self, text: str) -> str:
+        """Replace the text (also after a failure); the edit is what :meth:`accept` returns."""
+        _require(self.state, PreviewState.READY, PreviewState.FAILED)
+        if not text.strip():
+            raise PreviewError("The text is empty.")
+        self.text, self.error, self.state, self.edited = (
+            text.strip(),
+            None,
+            PreviewState.READY,
+            True,
+        )
+        return self.text
+
+    def retry(self) -> None:
+        _require(self.state, PreviewState.READY, PreviewState.FAILED)
+        self.state = PreviewState.WAITING
+
+    def accept(self) -> str:
+        _require(self.state, PreviewState.READY)
+        assert self.text is not None
+        self.state = PreviewState.ACCEPTED
+        return self.text
+
+    def cancel(self) -> None:
+        if self.state is PreviewState.ACCEPTED:
+            raise PreviewError("This text was already accepted.")
+        self.state = PreviewState.CANCELLED
+
+    @property
+    def accepted(self) -> str | None:
+        return self.text if self.state is PreviewState.ACCEPTED else None
+
+
+def _require(state: PreviewState, *states: PreviewState) -> None:
+    if state not in states:
+        allowed = " or ".join(s.value for s in states)
+        raise PreviewError(f"The preview is {state.value}, not {allowed}.")

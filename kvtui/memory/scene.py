@@ -164,3 +164,10 @@ def default_start(chat: Chat, progress: ProgressStore) -> StartPoint:
     if theirs is not None:
         return StartPoint(theirs + 1, "stmb")
     return StartPoint(0, "start")
+
+
+def visible_since(chat: Chat, after: int | None) -> int:
+    """Visible (non-system) messages after message ``after`` (all of them for None): what an
+    interval trigger counts against its threshold."""
+    start = -1 if after is None else after
+    return sum(1 for i, m in enumerate(chat.messages) if i > start and not m.is_system)

@@ -23,6 +23,8 @@ from kvtui.proxy.asgi import (
     request_target,
     send_error,
 )
+from kvtui.proxy.companion import PREFIX, Companion
+from kvtui.proxy.extras import RouterExtras
 from kvtui.proxy.guard import (
     Refusal,
     check_api_key,
@@ -51,10 +53,13 @@ class ProxyApp:
     def __init__(self, service: KvService) -> None:
         self.service = service
         self.relay = Relay(service.events)
-        self.router = GenerationRouter(service)
+        self.companion = Companion(service)
+        self.extras = RouterExtras(service, self.companion)
+        self.router = GenerationRouter(service, self.extras)
 
     async def aclose(self) -> None:
         await self.relay.aclose()
+        await self.extras.aclose()
 
     async def settled(self) -> None:
         """Wait until the bookkeeping of every reply the client has seen end is done, its
@@ -122,7 +127,9 @@ class ProxyApp:
         if isinstance(body, Refusal):
             await _refuse(send, body)
             return
-        if method == "POST" and path.startswith("/slots/"):
+        if path.startswith(PREFIX):
+            await self.companion.handle(scope, send, body)
+        elif method == "POST" and path.startswith("/slots/"):
             await self._slot_action(scope, receive, send, body)
         elif method == "POST" and path in GENERATION_PATHS:
             await self._generation(scope, receive, send, body, headers)

@@ -172,6 +172,20 @@ def identify(
     return identity, forwarded
 
 
+def refresh_and_identify(
+    index: ChatIndex,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str] | None,
+    *,
+    opened: str | None = None,
+) -> tuple[Identity, dict[str, Any]]:
+    """:meth:`ChatIndex.refresh` then :func:`identify`, under the index's lock: the one call a
+    proxy makes per request, off the event loop (``await asyncio.to_thread(...)``)."""
+    with index.lock:
+        index.refresh()
+        return identify(body, headers, index, opened=opened)
+
+
 def _fingerprint(body: Mapping[str, Any]) -> str:
     prompt = request_prompt({"prompt": body.get("prompt")})
     if prompt is not None:

@@ -268,9 +268,10 @@ def classify_generation(
 ) -> Classification:
     """Classify one text prompt for ``character`` given its last chat turn (``previous``).
 
-    ``previous`` must be the last turn of the same chat and character. Without one, ``chat``
-    (what the chat file holds, from the identity evidence) tells a swipe or a continue as the
-    first action after a chat was opened from a new turn.
+    ``previous`` must be the last turn of the same chat and character. ``chat`` (what the chat
+    file holds, from the identity evidence) tells a swipe or a continue as the first action
+    after a chat was opened from a new turn: alone when there is no ``previous``, and over a
+    ``previous`` that would make it a new turn (that memory is older than the chat file).
     """
     names = stop_names(stop)
     user = user_name or (previous.user_name if previous else None)
@@ -292,26 +293,48 @@ def classify_generation(
     if n_predict is not None and 0 <= n_predict <= 1:
         return result(GenType.QUIET, f"n_predict={n_predict}: a cache warm-up, not a reply")
     asks_reply = tail.present and tail.role is not TailRole.SYSTEM
+    judged = _from_chat(chat, history, asks_reply, character) if chat is not None else None
     if previous is None:
-        if chat is not None and (judged := _from_chat(chat, history, asks_reply, character)):
+        if judged is not None:
             return result(*judged)
         if asks_reply:
             return result(GenType.NORMAL, "first turn seen for this character")
         return result(GenType.QUIET, "no reply-request tail")
+    by_memory = _by_memory(prompt, history, asks_reply, previous, character, known)
+    if judged is not None and judged[0] in _FROM_FILE and by_memory[0] in _OVERRULED:
+        # The remembered turn is older than what the chat file shows (a prompt recorded in an
+        # earlier session, messages written without kvtui): the chat file is the present.
+        return result(judged[0], judged[1] + "; the remembered turn is out of date")
+    return result(*by_memory)
+
+
+_FROM_FILE = frozenset({GenType.SWIPE, GenType.CONTINUE})
+_OVERRULED = frozenset({GenType.NORMAL, GenType.QUIET})
+
+
+def _by_memory(
+    prompt: str,
+    history: str,
+    asks_reply: bool,
+    previous: TurnMemory,
+    character: str | None,
+    known: Sequence[str],
+) -> tuple[GenType, str]:
+    """The type from the last turn kvtui saw of this chat and character."""
     ext = _extension(prompt, previous.prompt)
     if ext is not None and _continues(ext, previous.reply, character):
-        return result(GenType.CONTINUE, "the last prompt plus the last reply's text")
+        return GenType.CONTINUE, "the last prompt plus the last reply's text"
     if asks_reply and _same_window(history, previous.history):
-        return result(GenType.SWIPE, "same chat history as the last turn")
+        return GenType.SWIPE, "same chat history as the last turn"
     if not asks_reply:
-        return result(GenType.QUIET, "no reply-request tail")
+        return GenType.QUIET, "no reply-request tail"
     grown = _extension(history, previous.prompt)
     if grown is not None:
         added = _after_reply(grown, previous.reply)
         if added.strip() and not _has_turn(added, known):
-            return result(GenType.QUIET, "an instruction after the last reply, no new message")
-        return result(GenType.NORMAL, "new message(s) since the last reply")
-    return result(GenType.NORMAL, "the chat history changed")
+            return GenType.QUIET, "an instruction after the last reply, no new message"
+        return GenType.NORMAL, "new message(s) since the last reply"
+    return GenType.NORMAL, "the chat history changed"
 
 
 def _from_chat(

@@ -105,6 +105,28 @@ class Identity:
         """False when the chat is a guess: do not restore over a live cache nor save."""
         return self.source is not IdentitySource.UNSURE
 
+    def log_fields(self) -> dict[str, Any]:
+        """The identity's part of a turn-log line (``turns.jsonl``) and of the debug log."""
+        return {
+            "chat": None if self.chat == UNKNOWN_CHAT else self.chat,
+            "character": self.character,
+            "source": self.source.value,
+            "confidence": round(self.confidence, 2),
+            "clue": self.clue.value,
+            "group": self.group,
+            "identity_reason": self.reason or None,
+            "candidates": list(self.candidates),
+        }
+
+    def describe(self) -> str:
+        """One line for the event log, e.g. ``Seraphina in "Seraphina - 2026…" (evidence, 0.9:
+        the prompt holds this chat's latest messages)``."""
+        where = f'"{self.chat}"' if self.chat != UNKNOWN_CHAT else "an unknown chat"
+        if self.candidates and not self.sure:
+            where += " (one of " + ", ".join(f'"{c}"' for c in self.candidates) + ")"
+        why = f": {self.reason}" if self.reason else ""
+        return f"{self.character} in {where} ({self.source.value}, {self.confidence:.1f}{why})"
+
 
 def fingerprint(prompt: str | Sequence[int]) -> str:
     """``unnamed-xxxxxxxx`` for a prompt's beginning (text, or token ids)."""

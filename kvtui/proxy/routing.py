@@ -11,11 +11,16 @@ request: if kvtui's own part fails, the request still goes through (logged).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from kvtui.events import Kind
+from kvtui.fingerprint import canonical_text
+from kvtui.memory.settings import MemorySettings
+from kvtui.proxy.chatidentity import refresh_and_identify
+from kvtui.proxy.extras import RouterExtras
 from kvtui.proxy.gentype import (
     Classification,
     TurnMemory,
@@ -26,10 +31,13 @@ from kvtui.proxy.gentype import (
     request_stop,
 )
 from kvtui.proxy.identity import Identity, infer_identity
+from kvtui.proxy.jobshape import JobKind, background_job
 from kvtui.proxy.observer import ReplyObserver
 from kvtui.proxy.relay import RelayOutcome
-from kvtui.service import KvService
+from kvtui.service import KvService, RouteDecision, SaveOutcome
+from kvtui.sillytavern.templates import ControlPrompts
 from kvtui.slots import GenType
+from kvtui.warmth import TurnTicket
 
 _CHAT_TURNS = frozenset({GenType.NORMAL, GenType.REGENERATE, GenType.SWIPE, GenType.CONTINUE})
 
@@ -45,6 +53,21 @@ class Routed:
     prompt: str | None
     previous: TurnMemory | None
     classification: Classification | None  # None for token-id prompts
+    ticket: TurnTicket | None = None
+    lease: contextlib.AsyncExitStack | None = None
+    """A background job's lent slot, given back once its reply is through."""
+
+
+@dataclass(frozen=True)
+class Identified:
+    """A request's identity and classification, with what the classifier used."""
+
+    identity: Identity
+    forwarded: dict[str, Any]
+    previous: TurnMemory | None
+    classification: Classification | None
+    user: str | None
+    prompts: ControlPrompts | None
 
 
 Forward = Callable[[ReplyObserver], Awaitable[RelayOutcome]]
@@ -53,8 +76,9 @@ Forward = Callable[[ReplyObserver], Awaitable[RelayOutcome]]
 class GenerationRouter:
     """Routes generation requests for one service and books their replies."""
 
-    def __init__(self, service: KvService) -> None:
+    def __init__(self, service: KvService, extras: RouterExtras) -> None:
         self.service = service
+        self.extras = extras
         self._turns: dict[tuple[str, str], TurnMemory | None] = {}
         self._settling: set[asyncio.Future[None]] = set()
 
@@ -79,9 +103,13 @@ class GenerationRouter:
 
         observer = ReplyObserver(streaming=False, on_end=begin_settling)
         try:
-            outcome = await forward(observer)
+            try:
+                outcome = await forward(observer)
+            finally:
+                if routed is not None and routed.lease is not None:
+                    await routed.lease.aclose()
             begin_settling()
-            if routed is not None:
+            if routed is not None and routed.lease is None:
                 await self._finish(routed, observer, outcome)
         finally:
             for future in settling:
@@ -104,32 +132,41 @@ class GenerationRouter:
         self._turns[key] = memory
         return memory
 
-    async def _identify(
-        self, headers: dict[str, str], data: dict[str, Any]
-    ) -> tuple[Identity, dict[str, Any], TurnMemory | None, Classification | None] | None:
-        """Who is speaking and what kind of turn it is; None (logged) when that fails."""
+    async def _identify(self, headers: dict[str, str], data: dict[str, Any]) -> Identified | None:
+        """Who is speaking and what kind of turn it is; None (logged) when that fails.
+
+        With a SillyTavern data directory the chat comes from evidence (the prompt's latest
+        messages matched against the chats, SillyTavern's state, the extension's open event);
+        without one, from the request's own clues and the current chat.
+        """
+        service = self.service
         try:
-            context = await self.service.chat_context()
-            users = list(context.user_names)
-            identity, forwarded = infer_identity(
-                data,
-                headers,
-                members=list(context.members),
-                current_chat=context.chat,
-                user_names=users,
-            )
+            index = service.chat_index
+            if index is not None:
+                identity, forwarded = await asyncio.to_thread(
+                    refresh_and_identify, index, data, headers, opened=service.opened_chat
+                )
+                user = index.state.user_name
+                prompts: ControlPrompts | None = index.state.prompts
+            else:
+                identity, forwarded = infer_identity(
+                    data, headers, members=[], current_chat=service.current_chat, user_names=[]
+                )
+                user, prompts = None, None
             previous = await self._recall(identity.chat, identity.character)
             result = classify_request(
                 forwarded,
                 previous,
                 character=identity.character,
-                user_name=users[0] if users else None,
+                user_name=user or None,
                 declared=identity.declared_type,
+                chat=identity.evidence,
+                prompts=prompts,
             )
         except Exception as err:  # noqa: BLE001 - a request is never blocked by kvtui's part
-            self.service.events.error(Kind.ROUTE, f"Could not identify a request: {err!r}")
+            service.events.error(Kind.ROUTE, f"Could not identify a request: {err!r}")
             return None
-        return identity, forwarded, previous, result
+        return Identified(identity, forwarded, previous, result, user or None, prompts)
 
     async def route(
         self, headers: dict[str, str], data: dict[str, Any]
@@ -145,12 +182,29 @@ class GenerationRouter:
             await poll
         if identified is None:
             return None, {k: v for k, v in data.items() if k != "kvtui"}
-        identity, forwarded, previous, result = identified
+        identity, forwarded, previous, result = (
+            identified.identity,
+            identified.forwarded,
+            identified.previous,
+            identified.classification,
+        )
         gen_type = result.gen_type if result is not None else GenType.NORMAL
-        counts = result.counts_message if result is not None else True
+        job = background_job(forwarded, gen_type)
+        if job is not None:
+            return await self._route_job(job, identified, gen_type)
+        # An unsure chat is never counted or autosaved: a save must not lie about its chat.
+        counts = (result.counts_message if result is not None else True) and identity.sure
+        if identity.sure and service.current_chat != identity.chat:
+            await service.chat_opened(identity.chat, reported=False)
+        canonical = canonical_text(forwarded)
+        prompt = request_prompt(forwarded, identified.prompts)
+        previous_prompt = previous.prompt if previous is not None else None
         slot: int | None = None
+        decision: RouteDecision | None = None
         try:
-            decision = await service.route(identity.chat, identity.character, gen_type)
+            decision = await service.route(
+                identity.chat, identity.character, gen_type, prompt=canonical
+            )
             slot = decision.slot
         except Exception as err:  # noqa: BLE001 - logged; the request goes through
             slot = service.resident_slot(identity.chat, identity.character)
@@ -166,12 +220,42 @@ class GenerationRouter:
         if slot is not None:
             forwarded["id_slot"] = slot
             forwarded["cache_prompt"] = True
-        prompt = request_prompt(forwarded)
-        if prompt is not None and gen_type in _CHAT_TURNS:
+        if prompt is not None and gen_type in _CHAT_TURNS and identity.sure:
             # Recorded as the client sent it: prewarm picks its own slot.
             request = {k: v for k, v in forwarded.items() if k != "id_slot"}
             service.record_prompt(identity.chat, identity.character, prompt, request)
-        routed = Routed(identity, gen_type, counts, slot, prompt, previous, result)
+        forwarded = await self.extras.before_forward(
+            forwarded, identity, gen_type, identified.user, data.get("kvtui")
+        )
+        ticket = self.extras.begin(decision, identity, gen_type, slot, prompt, previous_prompt)
+        routed = Routed(identity, gen_type, counts, slot, prompt, previous, result, ticket)
+        return routed, forwarded
+
+    async def _route_job(
+        self, job: JobKind, identified: Identified, gen_type: GenType
+    ) -> tuple[Routed | None, dict[str, Any]]:
+        """A background job: the utility slot, or a lent slot given back after the reply."""
+        service, identity, forwarded = self.service, identified.identity, identified.forwarded
+        utility = memory_slot(service.settings)
+        stack = contextlib.AsyncExitStack()
+        try:
+            if job == "transcript" and utility is not None:
+                slot, how = utility, "the utility slot"
+            else:
+                own = service.resident_slot(identity.chat, identity.character)
+                preferred = own if job == "quiet" and identity.sure else None
+                slot = await stack.enter_async_context(service.borrowed_slot(preferred))
+                how = "its own slot, parked and given back" if slot == own else "a lent slot"
+        except Exception as err:  # noqa: BLE001 - logged; the request goes through unpinned
+            await stack.aclose()
+            service.events.error(Kind.ROUTE, f"No slot for a background job: {err}")
+            return None, forwarded
+        forwarded["id_slot"] = slot
+        forwarded["cache_prompt"] = True
+        service.events.info(
+            Kind.ROUTE, f"Background job ({job}) for {identity.character}: slot {slot}, {how}."
+        )
+        routed = Routed(identity, gen_type, False, slot, None, None, None, None, stack)
         return routed, forwarded
 
     async def _finish(self, routed: Routed, observer: ReplyObserver, outcome: RelayOutcome) -> None:
@@ -186,10 +270,12 @@ class GenerationRouter:
                 routed.previous, routed.classification, routed.prompt, reply
             )
         if routed.slot is None:
+            self.extras.finish(routed, observer.final if ok else None, None)
             return
         tokens = observer.cached_tokens() if ok and outcome.completed else None
+        saved: SaveOutcome | None = None
         try:
-            await self.service.finish_generation(
+            saved = await self.service.finish_generation(
                 routed.slot,
                 counts_message=routed.counts_message and delivered,
                 tokens=tokens,
@@ -200,6 +286,8 @@ class GenerationRouter:
             self.service.events.error(
                 Kind.AUTOSAVE, f"Bookkeeping after a reply in slot {routed.slot} failed: {err}"
             )
+        final = observer.final if ok else None
+        self.extras.finish(routed, final, saved)
 
     async def _refresh(self) -> None:
         """Poll ``/slots`` before each generation: a restarted llama-server (its task ids start
@@ -208,3 +296,11 @@ class GenerationRouter:
             await self.service.refresh(max_age=0.25)
         except Exception as err:  # noqa: BLE001 - refresh never raises; logged if it does
             self.service.events.error(Kind.CONNECTION, f"Could not poll llama-server: {err!r}")
+
+
+def memory_slot(settings: Any) -> int | None:
+    """The slot reserved for memory jobs (``memory_slot``), if the user set one."""
+    try:
+        return MemorySettings.from_settings(settings).memory_slot
+    except ValueError:
+        return None

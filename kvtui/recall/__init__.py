@@ -1,6 +1,8 @@
 """Memory recall injected where the user puts a macro, without busting the cached prompt.
 
-The proxy calls :meth:`RecallEngine.apply` for each generation request: it finds the
+The proxy builds one engine (:func:`kvtui.recall.hook.build_engine`) and calls
+:func:`kvtui.recall.hook.inject` (:meth:`RecallEngine.apply` in a worker thread) for each
+generation request: it finds the
 ``{{kvtui_memories}}`` (per-turn recall) and ``{{kvtui_longterm}}`` (stable long-term block)
 macros, chooses the chat's kvtui memories World-Info style (:mod:`kvtui.recall.select`), keeps
 the recall per (chat, character) right across swipe, regenerate, edit and delete
@@ -10,6 +12,7 @@ textual here.
 
 from __future__ import annotations
 
+from kvtui.recall.books import memory_books
 from kvtui.recall.engine import Decision, RecallEngine, RecallOutcome, RecallTelemetry
 from kvtui.recall.memories import LorebookSource, Memory, MemorySource, StaticSource
 from kvtui.recall.settings import RecallSettings, SwipePolicy
@@ -25,4 +28,5 @@ __all__ = [
     "RecallTelemetry",
     "StaticSource",
     "SwipePolicy",
+    "memory_books",
 ]

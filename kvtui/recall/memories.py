@@ -1,10 +1,12 @@
 """The memories recall chooses from: kvtui's entries in SillyTavern World Info files.
 
 The memory books are written by ``kvtui.memory`` (a lorebook per chat, ``<st_dir>/worlds/kvtui -
-<chat title>.json``, each entry marked ``"kvtui": true``). Recall only reads them, through the
+<chat title>.json``, each entry marked ``"kvtui": true``; :func:`kvtui.recall.books.memory_books`
+finds a chat's book). Recall only reads them, through the
 small :class:`MemorySource` interface, so it works with any writer and in tests with plain files:
 :class:`LorebookSource` reads the books a callable names for a chat, keeps only enabled entries
-carrying kvtui's marker (a book may also hold the user's own entries: never recalled), and parses
+carrying kvtui's marker and ``kvtui_kind: "memory"`` (a book may also hold the user's own entries
+and kvtui's side-prompt trackers: never recalled), and parses
 each file again only when its size or modification time changed. A missing book means no memories;
 an unreadable or damaged one too, with the reason kept in :attr:`LorebookSource.last_error` —
 a request is never failed because of a memory book.
@@ -20,7 +22,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 MARKER = "kvtui"
-"""The entry field that marks a memory kvtui wrote (``"kvtui": true``)."""
+"""The entry field that marks an entry kvtui wrote (``"kvtui": true``)."""
+
+MEMORY_KIND = "memory"
+"""``kvtui_kind`` of a memory entry (an entry without ``kvtui_kind`` counts as one too)."""
 
 SELECTIVE_AND_ANY, SELECTIVE_NOT_ALL, SELECTIVE_NOT_ANY, SELECTIVE_AND_ALL = 0, 1, 2, 3
 
@@ -42,18 +47,13 @@ class Memory:
     case_sensitive: bool | None = None
     whole_words: bool | None = None
     scan_depth: int | None = None
+    number: int | None = None  # kvtui's memory number (``kvtui_number``): the chronology
 
 
 class MemorySource(Protocol):
     """Where a chat's memories come from."""
 
     def memories(self, chat: str) -> list[Memory]: ...
-
-
-def book_file_name(chat_title: str) -> str:
-    """``kvtui - <chat title>.json``, the memory book's file name (path separators replaced)."""
-    safe = "".join("_" if c in '/\\:*?"<>|' or ord(c) < 32 else c for c in chat_title).strip()
-    return f"kvtui - {safe}.json"
 
 
 def _opt_bool(value: object) -> bool | None:
@@ -80,6 +80,9 @@ def parse_entry(book: str, uid_key: str, entry: Mapping[str, Any]) -> Memory | N
     """A :class:`Memory` for a kvtui entry; None for other entries or disabled ones."""
     if entry.get(MARKER) is not True or entry.get("disable") is True:
         return None
+    kind = entry.get("kvtui_kind")
+    if kind is not None and kind != MEMORY_KIND:
+        return None  # kvtui's other entries (side-prompt trackers) are not memories
     content = entry.get("content")
     if not isinstance(content, str) or not content.strip():
         return None
@@ -99,6 +102,7 @@ def parse_entry(book: str, uid_key: str, entry: Mapping[str, Any]) -> Memory | N
         case_sensitive=_opt_bool(entry.get("caseSensitive")),
         whole_words=_opt_bool(entry.get("matchWholeWords")),
         scan_depth=depth if isinstance(depth, int) and not isinstance(depth, bool) else None,
+        number=number if (number := _int(entry.get("kvtui_number"), -1)) >= 0 else None,
     )
 
 
@@ -122,11 +126,6 @@ class LorebookSource:
         self.paths = paths
         self.last_error: str | None = None
         self._cache: dict[Path, tuple[tuple[int, int], list[Memory]]] = {}
-
-    @classmethod
-    def in_worlds(cls, *worlds_dirs: Path) -> LorebookSource:
-        """Books named ``kvtui - <chat>.json`` in each ``worlds`` directory."""
-        return cls(lambda chat: [d / book_file_name(chat) for d in worlds_dirs])
 
     def memories(self, chat: str) -> list[Memory]:
         self.last_error = None

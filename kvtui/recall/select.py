@@ -5,7 +5,9 @@ Matching follows SillyTavern's World Info (``world-info.js`` ``matchKeys``): a k
 sensitive, and with whole words on, a single-word key must stand between non-word characters
 (``(?:^|\\W)key(?:$|\\W)``) while a key of several words is a plain substring. The haystack is the
 last ``scan_depth`` messages (an entry's own ``scanDepth`` wins). Secondary keys apply with the
-entry's ``selectiveLogic`` (AND ANY, NOT ALL, NOT ANY, AND ALL); ``constant`` entries always match.
+entry's ``selectiveLogic`` (AND ANY, NOT ALL, NOT ANY, AND ALL). ``constant`` is World Info's
+flag for SillyTavern's own injection (kvtui's memory books default to it); recall matches such
+entries by their keywords too, unless ``constant_always`` makes them match every turn.
 One deliberate difference: "word characters" are Unicode letters and digits (Python's ``\\W``),
 where SillyTavern's JavaScript regex knows only ASCII ones — so a Cyrillic key matches whole words
 here, not inside longer words.
@@ -16,7 +18,7 @@ penalty: ``sticky_penalty × consecutive rounds`` (capped at ``sticky_max_streak
 recalled in the round just before (the seed's StickyCache: last round, consecutive count). The
 penalty only reorders; a matching memory is left out only when top-K or the token budget is full.
 Ties go to the higher ``order``, then the lower uid, so the same inputs always give the same set.
-The chosen memories are written in chronological order (``order``, then uid).
+The chosen memories are written in chronological order (memory number or ``order``, then uid).
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def key_matches(haystack: str, key: str, *, case_sensitive: bool, whole_words: b
 
 def _match(memory: Memory, window: Sequence[str], settings: RecallSettings) -> float | None:
     """The keyword score of ``memory`` against ``window`` (newest first), None when no match."""
-    if memory.constant:
+    if memory.constant and settings.constant_always:
         return 1.0
     if not memory.keys:
         return None
@@ -138,7 +140,10 @@ def render_memory(memory: Memory, settings: RecallSettings) -> str:
 
 
 def chronological(memories: Sequence[Memory]) -> list[Memory]:
-    return sorted(memories, key=lambda m: (m.order, m.uid, m.id))
+    """Oldest first: kvtui's memory number, else the entry's order; then the uid."""
+    return sorted(
+        memories, key=lambda m: (m.number if m.number is not None else m.order, m.uid, m.id)
+    )
 
 
 def render_block(memories: Sequence[Memory], settings: RecallSettings) -> str:

@@ -1,13 +1,15 @@
-"""Recall's settings (a pydantic model the lead merges into :class:`kvtui.settings.Settings`).
+"""Recall's settings: a pydantic model, merged into :class:`kvtui.settings.Settings` as flat
+``recall_<field>`` fields (the convention of ``kvtui.memory``'s settings), read back with
+:meth:`RecallSettings.from_settings`.
 
-Every field has a default that works with no configuration; the model is standalone so the recall
-package can be used, and tested, before it is merged.
+Every field has a default that works with no configuration.
 """
 
 from __future__ import annotations
 
 import re
 from enum import StrEnum
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -61,6 +63,9 @@ class RecallSettings(BaseModel):
     sticky_max_streak: int = Field(default=3, ge=1, le=100)
     """Consecutive rounds after which the sticky penalty stops growing."""
 
+    constant_always: bool = False
+    """Recall memories marked constant on every turn (off: by their keywords, like the rest)."""
+
     swipe_policy: SwipePolicy = SwipePolicy.REUSE
     """A swipe reuses the recall of the user's unchanged message, or recomputes it."""
 
@@ -78,6 +83,19 @@ class RecallSettings(BaseModel):
 
     joiner: str = "\n"
     """Text between two memories."""
+
+    PREFIX: ClassVar[str] = "recall_"
+    """Each field is ``recall_<name>`` on kvtui's flat :class:`~kvtui.settings.Settings`."""
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RecallSettings:
+        """The ``recall_*`` fields found on ``settings`` (a ``Settings``), defaults for the rest."""
+        values = {
+            name: getattr(settings, cls.PREFIX + name)
+            for name in cls.model_fields
+            if hasattr(settings, cls.PREFIX + name)
+        }
+        return cls(**values)
 
     @field_validator("macro", "longterm_macro")
     @classmethod

@@ -9,7 +9,7 @@ sharing one ``core``. ``outcomes`` holds the frozen data they hand back.
 
 from __future__ import annotations
 
-from kvtui.service.facade import KvService
+from kvtui.service.facade import KvService, repair_save_dir
 from kvtui.service.outcomes import (
     BatchResult,
     ChatContext,
@@ -38,4 +38,5 @@ __all__ = [
     "ServiceError",
     "SlotRow",
     "Snapshot",
+    "repair_save_dir",
 ]

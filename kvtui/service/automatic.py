@@ -28,7 +28,13 @@ class Automatic:
         self.loads = loads
 
     async def route(
-        self, chat: str, character: str, gen_type: GenType, *, protected: Iterable[int] = ()
+        self,
+        chat: str,
+        character: str,
+        gen_type: GenType,
+        *,
+        protected: Iterable[int] = (),
+        prompt: str | None = None,
     ) -> RouteDecision:
         """Make a slot ready for a character's generation and return it.
 
@@ -51,7 +57,7 @@ class Automatic:
                 evicted_character = allocation.evicted.character
         restored: LoadOutcome | None = None
         if not core.book.record(slot).autoload_done:
-            restored = await self.loads.autoload(slot, chat, character)
+            restored = await self.loads.autoload(slot, chat, character, prompt)
         if gen_type is not GenType.IMPERSONATE:
             core.book.count_generation(slot, gen_type)
         core.persist()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
 from kvtui.events import Kind
 from kvtui.llama import LlamaError
@@ -20,6 +21,10 @@ from kvtui.service.outcomes import ChatContext, SaveOutcome, ServiceError
 from kvtui.sillytavern import ChatRef, Member, SillyTavernData
 
 SwitchChat = Callable[[str, Sequence[str]], Awaitable[list[SaveOutcome]]]
+
+
+_JUST_SENT = 60.0
+"""Seconds within which a user line at the end of a chat file counts as just sent."""
 
 
 class ChatFollower:
@@ -110,7 +115,27 @@ class ChatFollower:
             return ChatContext(current)
 
     async def _on_change(self, ref: ChatRef) -> None:
-        await self.ensure(ref)
+        """A chat file was written: a switch only when the user has just *sent* there.
+
+        SillyTavern also rewrites the chat being *left* when another is opened, so "the newest
+        file" alone points back at the old chat. A fresh user message at the end is the sign
+        of a send; every other switch happens when a request shows (or the companion extension
+        says) which chat is open.
+        """
+        if await asyncio.to_thread(self._user_just_sent, ref):
+            await self.ensure(ref)
+        else:
+            await self.members(ref)
+
+    def _user_just_sent(self, ref: ChatRef) -> bool:
+        try:
+            messages = self.st_data.read_chat(ref).messages
+        except (OSError, ValueError):
+            return False
+        if not messages or not messages[-1].is_user:
+            return False
+        sent = messages[-1].send_date
+        return sent is None or abs((datetime.now(UTC) - sent).total_seconds()) < _JUST_SENT
 
     def _read_context(self) -> tuple[ChatRef | None, list[Member] | None, str]:
         """The active chat, its members (cached per chat) and the user's name (in a thread)."""

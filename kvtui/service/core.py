@@ -23,7 +23,7 @@ from kvtui.service.outcomes import ConnectionState, ServiceError
 from kvtui.service.prompts import PromptRecorder
 from kvtui.service.writes import WriteBehind
 from kvtui.settings import Settings
-from kvtui.sillytavern import SillyTavernData
+from kvtui.sillytavern import ChatIndex, SillyTavernData
 from kvtui.slots import SlotBook
 from kvtui.store import SaveStore
 from kvtui.store.names import normalize
@@ -43,6 +43,10 @@ class ServiceCore:
         self.st_data: SillyTavernData | None = (
             SillyTavernData(settings.st_dir) if settings.st_dir else None
         )
+        self.chat_index: ChatIndex | None = ChatIndex(settings.st_dir) if settings.st_dir else None
+        """The latest messages of every SillyTavern chat: identity from evidence."""
+        self.opened_chat: str | None = None
+        """The chat SillyTavern last said it opened (companion extension), if any."""
         self.recorder = PromptRecorder(settings.prompts_dir)
         self.props: Props | None = None
         self.state = ConnectionState.UNKNOWN

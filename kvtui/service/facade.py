@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from kvtui.events import EventLog
+from kvtui.events import EventLog, Kind
 from kvtui.llama import CompletionResult, LlamaClient
 from kvtui.llama.models import Props, SlotState
 from kvtui.service.automatic import Automatic
+from kvtui.service.borrow import borrowed_slot
 from kvtui.service.chats import ChatFollower
 from kvtui.service.core import ServiceCore, new_client
 from kvtui.service.loads import Loads
@@ -37,9 +39,10 @@ from kvtui.service.prompts import PromptRecorder, RecordedPrompt
 from kvtui.service.saves import Saves
 from kvtui.service.slot_actions import SlotActions
 from kvtui.settings import Settings
-from kvtui.sillytavern import SillyTavernData
+from kvtui.sillytavern import ChatIndex, ChatRef, SillyTavernData
 from kvtui.slots import GenType, SlotBook
 from kvtui.store import SaveStore
+from kvtui.store.errors import StoreError
 
 
 class KvService:
@@ -171,6 +174,12 @@ class KvService:
 
     # -- watching ----------------------------------------------------------------------------
 
+    def repair_saves(self) -> list[str]:
+        """After a crash: clean up the save directory once (see ``SaveStore.repair``), each
+        thing done said in the event log. Only the process that keeps the slot book calls it:
+        another's in-flight save would look like a leftover."""
+        return repair_save_dir(self._core.store, self._core.events)
+
     async def connect(self) -> Props:
         """Read the server's props and size the book to its slots."""
         props = await self._core.client.props()
@@ -208,6 +217,39 @@ class KvService:
         """Follow SillyTavern's active chat (the seed's chat switch) until ``stop_event``."""
         if self._chats is not None:
             await self._chats.run(stop_event)
+
+    @property
+    def chat_index(self) -> ChatIndex | None:
+        """SillyTavern's chats by their latest messages (None without a data directory)."""
+        return self._core.chat_index
+
+    @property
+    def opened_chat(self) -> str | None:
+        """The chat the companion extension last reported opened."""
+        return self._core.opened_chat
+
+    async def chat_opened(self, chat_id: str, *, reported: bool = True) -> None:
+        """SillyTavern opened ``chat_id``: switch to it now (``reported``: the companion
+        extension said so; else a sure identity of a request showed it).
+
+        SillyTavern writes no file when a chat is opened, so this is the exact signal; with a
+        data directory the switch places the chat's members as the watcher would."""
+        if reported:
+            self._core.opened_chat = chat_id
+        follower = self._follower()
+        if follower is not None:
+            ref = await asyncio.to_thread(self._find_chat, chat_id)
+            if ref is not None:
+                await follower.ensure(ref)
+                return
+        if self._core.current_chat != chat_id:
+            await self.switch_chat(chat_id)
+
+    def _find_chat(self, chat_id: str) -> ChatRef | None:
+        st_data = self._core.st_data
+        if st_data is None:
+            return None
+        return next((ref for ref in st_data.chats() if ref.chat_id == chat_id), None)
 
     async def chat_context(self) -> ChatContext:
         """The chat a generation arriving now belongs to (switching to it first), its
@@ -280,11 +322,22 @@ class KvService:
     # -- automatic mode ----------------------------------------------------------------------
 
     async def route(
-        self, chat: str, character: str, gen_type: GenType, *, protected: Iterable[int] = ()
+        self,
+        chat: str,
+        character: str,
+        gen_type: GenType,
+        *,
+        protected: Iterable[int] = (),
+        prompt: str | None = None,
     ) -> RouteDecision:
-        """Make a slot ready for a character's generation and return it."""
+        """Make a slot ready for a character's generation and return it.
+
+        ``prompt`` (the request's ``kvtui.fingerprint.canonical_text``) keeps autoload from
+        restoring a save that holds another conversation."""
         async with self._core.lock:
-            return await self._automatic.route(chat, character, gen_type, protected=protected)
+            return await self._automatic.route(
+                chat, character, gen_type, protected=protected, prompt=prompt
+            )
 
     async def finish_generation(
         self,
@@ -305,6 +358,20 @@ class KvService:
         """The seed's chat switch: save used characters, clear all slots, place the new chat's."""
         async with self._core.lock:
             return await self._automatic.switch_chat(chat, characters)
+
+    def borrowed_slot(self, preferred: int | None = None) -> AbstractAsyncContextManager[int]:
+        """``async with service.borrowed_slot(slot) as slot:`` — a slot for one background job,
+        its occupant parked before and restored after (see :mod:`kvtui.service.borrow`)."""
+        return borrowed_slot(self._core, preferred)
+
+    def job_gate(self) -> asyncio.Lock:
+        """Held by a background job (a memory) that borrows a character's slot: no routing,
+        save or load runs meanwhile, so no character is sent into the borrowed slot."""
+        return self._core.lock
+
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """The server's token ids of ``text`` (``add_special``: with BOS, as a prompt)."""
+        return await self._core.client.tokenize(text, add_special=add_special)
 
     async def complete(self, prompt: str, *, slot: int, n_predict: int = 1) -> CompletionResult:
         """Process ``prompt`` into ``slot``'s cache (prewarm), generating ``n_predict`` tokens."""
@@ -329,3 +396,17 @@ class KvService:
         if self._core.writes.queued(("prompt", chat, character)):
             await self._core.writes.flush()
         return await asyncio.to_thread(self._core.recorder.last_request, chat, character)
+
+
+def repair_save_dir(store: SaveStore | None, events: EventLog | None = None) -> list[str]:
+    """``store.repair()`` with its notes logged as warnings (and returned); never raises."""
+    if store is None:
+        return []
+    try:
+        notes = store.repair()
+    except (StoreError, OSError) as err:
+        notes = [f"Could not check the save directory for leftovers: {err}"]
+    if events is not None:
+        for note in notes:
+            events.warning(Kind.SAVE, note)
+    return notes

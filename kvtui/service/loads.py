@@ -16,6 +16,7 @@ from kvtui.service.outcomes import BatchResult, Failure, LoadOutcome, ServiceErr
 from kvtui.service.saves import Saves
 from kvtui.slots import Allocation, SlotBookError
 from kvtui.store import SaveEntry
+from kvtui.store.errors import StoreError
 
 
 class Loads:
@@ -46,9 +47,13 @@ class Loads:
         """Restore a save into ``slot``, or into the slot the seed's allocation picks."""
         core = self.core
         entry = self.entry(filename)
-        await core.ensure_props()
+        props = await core.ensure_props()
+        entry = self.restorable(entry, props.n_ctx)
+        # Scenario 4.5: a save of another chat loaded while a chat is open serves that chat.
+        current = core.current_chat
+        chat = current if current is not None else entry.chat
         if slot is None:
-            allocation = self.allocate(entry.chat, entry.character, protected)
+            allocation = self.allocate(chat, entry.character, protected)
             try:
                 await self.saves.farewell(allocation, required=True)
             except ServiceError:
@@ -59,7 +64,7 @@ class Loads:
         else:
             core.check_slot(slot)
             record = core.book.record(slot)
-            if (record.chat, record.character) == (entry.chat, entry.character):
+            if (record.chat, record.character) == (chat, entry.character):
                 allocation = Allocation(slot=slot, resident=True)
             else:
                 allocation = Allocation.replacing(record)
@@ -73,12 +78,14 @@ class Loads:
             core.book.release(slot)
             core.persist()
             raise
-        core.book.assign(slot, entry.chat, entry.character)
+        core.book.assign(slot, chat, entry.character)
         core.book.mark_loaded(slot, entry.filename, result.n_restored)
         core.persist()
-        current = core.current_chat
+        self.saves.held(
+            slot, entry.filename, chat, entry.character, await self.saves.slot_mark(slot)
+        )
         other = current is not None and not same_chat(entry.chat, current)
-        note = f" (loaded from chat {entry.chat})" if other else ""
+        note = f" (from chat {entry.chat}, for the open chat {current})" if other else ""
         core.events.info(
             Kind.LOAD,
             f"Loaded {entry.character} into slot {slot}: {result.n_restored} tokens from "
@@ -86,7 +93,7 @@ class Loads:
         )
         return LoadOutcome(
             slot=slot,
-            chat=entry.chat,
+            chat=chat,
             character=entry.character,
             filename=entry.filename,
             n_restored=result.n_restored,
@@ -111,24 +118,43 @@ class Loads:
             done.append(outcome)
         return BatchResult(tuple(done), tuple(failed))
 
-    async def autoload(self, slot: int, chat: str, character: str) -> LoadOutcome | None:
-        """A character's first generation in a slot: restore its latest save for ``chat``."""
+    def restorable(self, entry: SaveEntry, n_ctx: int | None) -> SaveEntry:
+        """``entry`` checked without the server (size, header, context), or ``ServiceError``:
+        a file that fails is never sent, so the target slot keeps its cache."""
+        try:
+            return self.core.require_store().check_restorable(entry, n_ctx or None)
+        except StoreError as err:
+            raise ServiceError(str(err)) from err
+
+    async def autoload(
+        self, slot: int, chat: str, character: str, prompt: str | None = None
+    ) -> LoadOutcome | None:
+        """A character's first generation in a slot: restore its best save for ``chat``.
+
+        ``prompt`` is the request's canonical text (``kvtui.fingerprint.canonical_text``): with
+        it a save that holds another conversation is never restored for this one.
+        """
         core = self.core
         core.book.mark_autoload_done(slot)
         if core.store is None:
             return None
-        entry = core.store.latest(chat, character)
+        n_ctx = core.props.n_ctx if core.props is not None else None
+        entry, notes = core.store.pick_restorable(chat, character, n_ctx, prompt_text=prompt)
+        for note in notes:
+            core.events.warning(Kind.AUTOLOAD, f"Not restoring {character}: {note}")
         if entry is None:
             return None
         try:
+            entry = self.restorable(entry, n_ctx)
             result = await core.client.restore(slot, entry.filename)
-        except LlamaError as err:
+        except (LlamaError, ServiceError) as err:
             core.events.error(
                 Kind.AUTOLOAD, f"Could not restore {character} from {entry.filename}: {err}"
             )
             return None
         core.book.mark_loaded(slot, entry.filename, result.n_restored)
         core.book.mark_autoload_done(slot)
+        self.saves.held(slot, entry.filename, chat, character, await self.saves.slot_mark(slot))
         core.events.info(
             Kind.AUTOLOAD,
             f"Restored {character} into slot {slot}: {result.n_restored} tokens, saved "

@@ -71,6 +71,8 @@ class SaveOutcome:
     n_written: int
     tag: str | None
     rotated: tuple[str, ...] = ()
+    unchanged: bool = False
+    """Nothing new was written: the slot still holds exactly what ``filename`` holds."""
 
 
 @dataclass(frozen=True)

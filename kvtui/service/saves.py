@@ -10,14 +10,31 @@ is the one implementation of the seed's rule "save a used character before repla
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from kvtui.events import Kind
+from kvtui.fingerprint import PromptFingerprint, canonical_text
 from kvtui.llama import LlamaError
 from kvtui.service.core import ServiceCore
 from kvtui.service.outcomes import BatchResult, Failure, SaveOutcome, ServiceError
 from kvtui.slots import Allocation
-from kvtui.store import SaveMeta, is_valid_save
+from kvtui.store import SaveMeta
+from kvtui.store.errors import StoreError
+
+Mark = tuple[int | None, int | None]
+
+
+@dataclass(frozen=True)
+class _Held:
+    """The save a slot held at its last save or load, and the server's mark of it then."""
+
+    filename: str
+    chat: str
+    character: str
+    mark: Mark
+
 
 SAVE_FAILURES = (ServiceError, LlamaError, OSError)
 """What a save can fail with that is not a bug: refused, the server said no, the disk said no."""
@@ -28,6 +45,7 @@ class Saves:
 
     def __init__(self, core: ServiceCore) -> None:
         self.core = core
+        self._last: dict[int, _Held] = {}
 
     async def save(
         self,
@@ -55,54 +73,44 @@ class Saves:
                 f"Slot {slot} has no character assigned. Assign one first, or give "
                 "--chat and --character."
             )
+        mark = await self.slot_mark(slot)
+        if tag is None:
+            same = self._unchanged(slot, chat, character, mark)
+            if same is not None:
+                return same
         filename = store.new_filename(chat, character, tag=tag)
-        result = await core.client.save(slot, filename)
-        try:
-            on_disk = store.path_for(filename).stat().st_size
-        except OSError:
-            on_disk = -1
-        settings = core.settings
-        if on_disk != result.n_written or not is_valid_save(
-            result.n_saved,
-            result.n_written,
-            min_tokens=max(1, settings.min_save_tokens),
-            min_bytes=settings.min_save_bytes,
-        ):
-            store.delete(filename)  # only the new file: older saves are never touched
-            if result.n_saved == 0:
-                reason = "the slot is empty"
-            elif result.n_written == 0 or on_disk != result.n_written:
-                reason = (
-                    f"llama-server could not write the file ({result.n_written} bytes reported, "
-                    f"{max(on_disk, 0)} on disk): is its disk full?"
-                )
-            else:
-                reason = f"{result.n_saved} tokens / {result.n_written} bytes is below the minimum"
-            raise ServiceError(f"Save of slot {slot} discarded: {reason}.")
         now = datetime.now(UTC)
-        # The sidecar's fsync and the rotation's directory scan run in a worker thread (the
-        # store is thread-safe), so the proxy's streams on this loop do not stall behind them.
-        await asyncio.to_thread(
-            store.write_meta,
-            filename,
-            SaveMeta(
-                chat=chat,
-                character=character,
-                tag=tag,
-                n_saved=result.n_saved,
-                n_written=result.n_written,
-                model=props.model,
-                build_info=props.build_info,
-                n_ctx=props.n_ctx,
-                slot=slot,
-                saved_at=now,
-            ),
+        meta = SaveMeta(
+            chat=chat,
+            character=character,
+            tag=tag,
+            model=props.model,
+            build_info=props.build_info,
+            n_ctx=props.n_ctx,
+            slot=slot,
+            saved_at=now,
+            fingerprint=self._fingerprint(chat, character),
         )
+        settings = core.settings
+        try:
+            entry = await store.save_verified(
+                core.client,
+                slot,
+                filename,
+                meta,
+                min_tokens=max(1, settings.min_save_tokens),
+                min_bytes=settings.min_save_bytes,
+            )
+        except StoreError as err:
+            raise ServiceError(str(err)) from err
+        n_saved = entry.n_tokens or 0
+        n_written = entry.size
+        self._last[slot] = _Held(entry.filename, chat, character, mark)
         if track:
             if record.chat != chat or record.character != character:
                 core.book.assign(slot, chat, character)
             core.book.mark_saved(slot, filename, now)
-            core.book.set_tokens(slot, result.n_saved)
+            core.book.set_tokens(slot, n_saved)
         rotated: list[str] = []
         if tag is None:
             rotated = await asyncio.to_thread(
@@ -112,7 +120,7 @@ class Saves:
         what = f"tag '{tag}'" if tag else ("autosave" if autosave else "save")
         core.events.info(
             Kind.AUTOSAVE if autosave else Kind.SAVE,
-            f"Saved {character} ({chat}) from slot {slot}: {result.n_saved} tokens, {what}.",
+            f"Saved {character} ({chat}) from slot {slot}: {n_saved} tokens, {what}.",
         )
         if rotated:
             core.events.info(
@@ -123,11 +131,72 @@ class Saves:
             chat=chat,
             character=character,
             filename=filename,
-            n_saved=result.n_saved,
-            n_written=result.n_written,
+            n_saved=n_saved,
+            n_written=n_written,
             tag=tag,
             rotated=tuple(rotated),
         )
+
+    # -- what a slot holds -------------------------------------------------------------------
+
+    async def slot_mark(self, slot: int) -> tuple[int | None, int | None]:
+        """The server's (task id, tokens) of ``slot``: they change whenever its cache does."""
+        try:
+            states = await self.core.client.slots()
+        except LlamaError:
+            return (None, None)
+        for state in states:
+            if state.id == slot:
+                return (state.id_task, state.n_prompt_tokens)
+        return (None, None)
+
+    def held(self, slot: int, filename: str, chat: str, character: str, mark: Mark) -> None:
+        """``slot`` now holds exactly ``filename`` (it was just restored from it)."""
+        self._last[slot] = _Held(filename, chat, character, mark)
+
+    def _unchanged(self, slot: int, chat: str, character: str, mark: Mark) -> SaveOutcome | None:
+        """The earlier save this slot still holds unchanged, as an outcome; else None.
+
+        A chat switch seconds after an autosave, or "save now" twice, writes nothing new.
+        """
+        held = self._last.get(slot)
+        if (
+            held is None
+            or None in mark
+            or held.mark != mark
+            or (held.chat, held.character) != (chat, character)
+        ):
+            return None
+        store = self.core.store
+        entry = store.get(held.filename) if store is not None else None
+        if entry is None or entry.problem is not None:
+            return None
+        self.core.events.info(
+            Kind.SAVE,
+            f"{character} ({chat}) in slot {slot} is unchanged since {held.filename}; "
+            "nothing new written.",
+        )
+        return SaveOutcome(
+            slot=slot,
+            chat=chat,
+            character=character,
+            filename=held.filename,
+            n_saved=entry.n_tokens or 0,
+            n_written=entry.size,
+            tag=entry.tag,
+            unchanged=True,
+        )
+
+    def _fingerprint(self, chat: str, character: str) -> dict[str, Any] | None:
+        """The fingerprint of the prompt last routed for this character (what its slot holds
+        the start of), for the sidecar; None when kvtui never saw one."""
+        try:
+            recorded = self.core.recorder.last_request(chat, character)
+        except OSError:
+            return None
+        if recorded is None:
+            return None
+        return PromptFingerprint.of(canonical_text(recorded.body)).to_json()
 
     async def farewell(self, allocation: Allocation, *, required: bool) -> SaveOutcome | None:
         """Before a used character loses its slot, save it (the seed's rule, its one home).

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -104,12 +105,13 @@ def _stat_chat_files(user_dir: Path) -> dict[str, tuple[int, int]]:
 class ChatIndex:
     """The latest messages of every chat in one SillyTavern user directory.
 
-    Not thread-safe: call :meth:`refresh` and :meth:`match` from one thread at a time (the
-    proxy runs both in one worker call).
+    Not thread-safe by itself: hold :attr:`lock` around :meth:`refresh` and :meth:`match`
+    (``kvtui.proxy.chatidentity.refresh_and_identify`` does).
     """
 
     def __init__(self, user_dir: Path, *, recent: int = RECENT) -> None:
         self.user_dir = Path(user_dir)
+        self.lock = threading.Lock()
         self.data = SillyTavernData(self.user_dir)
         self.recent = recent
         self._chats: dict[str, tuple[tuple[int, int], IndexedChat]] = {}

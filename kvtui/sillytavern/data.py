@@ -2,10 +2,12 @@
 
 Characters come from ``characters/*.png``, groups from ``groups/*.json``, 1:1 chats from
 ``chats/<avatar stem>/*.jsonl`` and group chats from ``group chats/<chat id>.jsonl`` (resolved
-through the groups, since the file is named by chat id, not group id). The active chat is the
+through the groups, since the file is named by chat id, not group id). ``active_chat`` is the
 most recently written chat file; finding it costs one ``stat`` per chat file and parses nothing
-but the (cached) group files and the one card it names. ``backups/`` and the temp files of
-SillyTavern's atomic writes are never looked at.
+but the (cached) group files and the one card it names. It is NOT reliably the chat the user
+has open: SillyTavern writes no file when a chat is opened (and re-saves the chat being left),
+so which chat a request is for comes from ``kvtui.sillytavern.chatindex`` and ``evidence``.
+``backups/`` and the temp files of SillyTavern's atomic writes are never looked at.
 
 Nothing here writes to the directory. Damaged files are skipped with a logged warning (once per
 version of the file), so a half-broken data directory still lists everything else.

@@ -25,6 +25,9 @@ NAME_PREFIX = re.compile(rf"({NAME}):\s")
 NAME_TAIL = re.compile(rf"(?P<name>{NAME}):[ \t]*\Z")
 """A ``Name:`` reply request at the very end of a prompt; group ``name`` is the name."""
 
+RERENDERED_PREFIX = re.compile(rf"({NAME}):(?=\1:\s)")
+"""SillyTavern 1.19's continue: the old ``Name:`` tail glued to the re-rendered ``Name: text``."""
+
 STOP_NAME = re.compile(rf"\A\n({NAME}):\Z")
 """A SillyTavern name stop string, exactly ``\\nName:``; group 1 is the name."""
 
@@ -33,8 +36,12 @@ NEXT_SPEAKER = re.compile(rf"\n{NAME}:")
 
 
 def strip_name_prefix(text: str, names: Collection[str] = ()) -> str:
-    """``text`` without a leading ``Name: `` (only a name in ``names``, when it is given)."""
-    m = NAME_PREFIX.match(text)
+    """``text`` without a leading ``Name: `` (only a name in ``names``, when it is given).
+
+    A glued ``Name:Name: `` (a 1.19 continue) loses its first ``Name:``; call again for the
+    second.
+    """
+    m = NAME_PREFIX.match(text) or RERENDERED_PREFIX.match(text)
     if m is None or (names and m.group(1).strip() not in names):
         return text
     return text[m.end() :]

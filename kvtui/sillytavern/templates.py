@@ -29,6 +29,11 @@ _MACRO = re.compile(r"\{\{\s*([A-Za-z_][\w]*)(?:::[^}]*)?\s*\}\}")
 _TRAILING = 4  # how many messages from the end may hold a nudge
 
 
+def _literal(text: str) -> str:
+    """``text`` as a pattern in which any run of whitespace matches any run of whitespace."""
+    return r"\s+".join(re.escape(part) for part in re.split(r"\s+", text))
+
+
 def template_regex(template: str) -> re.Pattern[str] | None:
     """A full-match pattern for a template's text (group ``char`` captures ``{{char}}``).
 
@@ -44,7 +49,7 @@ def template_regex(template: str) -> re.Pattern[str] | None:
     for m in _MACRO.finditer(template):
         chunk = template[pos : m.start()]
         literal += chunk
-        parts.append(re.sub(r"\\\s+|\s+", r"\\s+", re.escape(chunk)))
+        parts.append(_literal(chunk))
         macro = m.group(1).lower()
         if macro == "char" and not seen_char:
             parts.append(r"(?P<char>.+?)")
@@ -54,7 +59,7 @@ def template_regex(template: str) -> re.Pattern[str] | None:
         pos = m.end()
     chunk = template[pos:]
     literal += chunk
-    parts.append(re.sub(r"\\\s+|\s+", r"\\s+", re.escape(chunk)))
+    parts.append(_literal(chunk))
     if not literal.strip():
         return None
     return re.compile(r"\s*" + "".join(parts) + r"\s*", re.DOTALL)

@@ -138,9 +138,15 @@ def is_valid_save(n_saved: int, n_written: int, *, min_tokens: int = 1, min_byte
 
 
 def file_problem(
-    size: int, meta: SaveMeta | None, header: SlotFileHeader | SlotFileError | None
+    size: int,
+    meta: SaveMeta | None,
+    header: SlotFileHeader | SlotFileError | None,
+    complete: bool | None = None,
 ) -> str | None:
-    """Why a file of ``size`` bytes with this sidecar and header cannot be restored (or None)."""
+    """Why a file of ``size`` bytes with this sidecar and header cannot be restored (or None).
+
+    ``complete`` is ``slotfile.state_is_complete`` for files whose size no sidecar vouches for.
+    """
     if size == 0:
         return "it is empty (0 bytes)"
     if meta is not None and meta.n_written is not None and meta.n_written != size:
@@ -149,6 +155,8 @@ def file_problem(
         return f"it is {size:,} bytes, not the {meta.n_written:,} it was saved with"
     if isinstance(header, SlotFileError):
         return str(header)
+    if complete is False:
+        return "it is cut short: its KV data ends before the end its header describes"
     if header is not None and meta is not None and meta.n_saved is not None:
         if header.n_tokens != meta.n_saved:
             return (
@@ -189,18 +197,22 @@ def build_entry(
     meta: SaveMeta | None,
     header: SlotFileHeader | SlotFileError | None,
     known: KnownChats | None = None,
+    complete: bool | None = None,
 ) -> SaveEntry:
     """The entry for one ``.bin`` file (see the module docstring)."""
     parsed = parse_save_name(name)
     if parsed is not None and not parsed.legacy and meta is not None:
-        if normalize(meta.chat) != parsed.chat or normalize(meta.character) != parsed.character:
+        if not (
+            parsed.chat in (meta.chat, normalize(meta.chat))
+            and parsed.character in (meta.character, normalize(meta.character))
+        ):
             meta = None  # a sidecar that belongs to some other save
     n_tokens = header.n_tokens if isinstance(header, SlotFileHeader) else None
     common: dict[str, Any] = {
         "filename": name,
         "size": size,
         "n_tokens": n_tokens,
-        "problem": file_problem(size, meta, header),
+        "problem": file_problem(size, meta, header, complete),
     }
     if parsed is None:  # listed (and loadable) as itself, never anyone's save
         return SaveEntry(

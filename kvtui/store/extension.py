@@ -24,10 +24,11 @@ that collapse to the same text are reported as ambiguous with both candidates, n
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any, Protocol
 
 from kvtui.store.names import ParsedName
 
@@ -123,6 +124,37 @@ class KnownChats:
             by_collapsed={k: tuple(sorted(v)) for k, v in by.items()},
             members={chat: tuple(dict.fromkeys(names)) for chat, names in members.items()},
         )
+
+
+class _ChatRef(Protocol):
+    @property
+    def chat_id(self) -> str: ...
+
+    @property
+    def display_name(self) -> str: ...
+
+
+class _Member(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class _SillyTavernData(Protocol):
+    """What :meth:`KnownChats.from_sillytavern` needs (``kvtui.sillytavern.SillyTavernData``)."""
+
+    def chats(self) -> Sequence[_ChatRef]: ...
+
+    def members(self, ref: Any) -> Sequence[_Member]: ...
+
+
+def known_chats_from(data: _SillyTavernData) -> KnownChats:
+    """The ``KnownChats`` of a SillyTavern data directory: every chat id with its title (the
+    character's or the group's name) and its members' names."""
+    chats = data.chats()
+    return KnownChats.build(
+        [(ref.chat_id, ref.display_name) for ref in chats],
+        {ref.chat_id: [m.name for m in data.members(ref)] for ref in chats},
+    )
 
 
 def _chat_candidates(collapsed: str, known: KnownChats) -> tuple[tuple[str, ...], str | None]:

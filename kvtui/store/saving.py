@@ -21,6 +21,7 @@ import stat
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
+from kvtui.fingerprint import PromptFingerprint
 from kvtui.store.entries import SaveEntry, SaveMeta, is_valid_save
 from kvtui.store.errors import SaveIncomplete, SaveRefused, SaveWriteFailed
 from kvtui.store.extension import could_be_extension_name
@@ -107,6 +108,28 @@ def _verify(store: SaveStore, tmp: str, result: SaveResult, min_tokens: int, min
     return ""
 
 
+def _same_save(store: SaveStore, tmp: str, previous: str) -> SaveEntry | None:
+    """The entry of ``previous`` when it is sound and byte-identical to the new file ``tmp``."""
+    entry = store.get(previous)
+    if entry is None or entry.problem is not None:
+        return None
+    try:
+        if os.path.getsize(store.directory / tmp) != entry.size:
+            return None
+        with (
+            open(store.directory / tmp, "rb") as new,
+            open(store.directory / previous, "rb") as old,
+        ):
+            while True:
+                a, b = new.read(1 << 20), old.read(1 << 20)
+                if a != b:
+                    return None
+                if not a:
+                    return entry
+    except OSError:
+        return None
+
+
 async def save_verified(
     store: SaveStore,
     client: SlotSaver,
@@ -116,8 +139,13 @@ async def save_verified(
     *,
     min_tokens: int = 1,
     min_bytes: int = 0,
+    unless_same_as: str | None = None,
 ) -> SaveEntry:
     """Save ``slot`` as ``final_name`` (e.g. from ``store.new_filename``); returns its entry.
+
+    With ``unless_same_as`` (the character's last save), a save byte-identical to that sound
+    file is not written again: the new file is dropped and that file's entry returned (the
+    caller sees ``entry.filename != final_name``).
 
     ``meta`` is the sidecar; its ``n_saved``/``n_written`` are filled in from the server's
     answer. Raises ``SaveRefused`` when ``final_name`` already exists (tagged saves are never
@@ -142,9 +170,22 @@ async def save_verified(
         problem = _verify(store, tmp, result, min_tokens, min_bytes)
         if problem:
             raise SaveIncomplete(f"Save of slot {slot} discarded: {problem}.")
+        if unless_same_as is not None and (same := _same_save(store, tmp, unless_same_as)):
+            with store._lock:
+                store._recent[(same.chat_key, same.character_key)] = same.filename
+            return same
         with contextlib.suppress(OSError):  # the server may run as another user
             os.chmod(tmp_path, 0o600)
-        full = meta.model_copy(update={"n_saved": result.n_saved, "n_written": result.n_written})
+        fingerprint: object = meta.fingerprint
+        if isinstance(fingerprint, PromptFingerprint):  # model_copy(update=...) skips validation
+            fingerprint = fingerprint.to_json()
+        full = meta.model_copy(
+            update={
+                "n_saved": result.n_saved,
+                "n_written": result.n_written,
+                "fingerprint": fingerprint,
+            }
+        )
         store.write_meta(final_name, full)  # SaveWriteFailed when the disk is full
         sidecar_written = True
         try:
@@ -172,6 +213,20 @@ async def save_verified(
     if entry is None or entry.problem is not None:  # changed behind kvtui's back at once
         raise SaveIncomplete(f"Save of slot {slot} to {final_name} vanished or changed at once.")
     return entry
+
+
+def meta_from_name(filename: str) -> SaveMeta:
+    """A sidecar for a save whose name is all kvtui knows (a client's ``action=save`` through
+    the proxy): the names read back from the file name where it has them."""
+    parsed = parse_save_name(filename)
+    if parsed is None or parsed.legacy:
+        return SaveMeta(chat="", character=filename[: -len(BIN_SUFFIX)])
+    tag = None if parsed.tag is None else (_raw_component(parsed.tag) or parsed.tag)
+    return SaveMeta(
+        chat=_raw_component(parsed.chat) or parsed.chat,
+        character=_raw_component(parsed.character) or parsed.character,
+        tag=tag,
+    )
 
 
 # -- repair --------------------------------------------------------------------------------

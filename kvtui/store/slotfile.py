@@ -15,7 +15,9 @@ embedded server writes. :func:`read_header` understands both and reports the rea
 
 The header proves a file is a slot save (magic), not cut inside its token list, and how many
 tokens it holds (so a file too big for a slot is refused before the server clears that slot on
-a failed restore). It cannot prove the KV part is complete: kvtui's sidecar ``n_written`` does.
+a failed restore). For the KV part, kvtui's sidecar ``n_written`` vouches for its own saves;
+for sidecar-less files :func:`state_is_complete` walks the layout of the version the embedded
+server writes and tells a file cut short from a whole one (other versions: header only).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 SEQ_MAGIC = 0x67677371
 KNOWN_VERSIONS = frozenset({1, 2, 3, 4})
@@ -89,3 +92,136 @@ def read_header(path: Path) -> SlotFileHeader:
     finally:
         os.close(fd)
     return parse_header(head, st.st_size)
+
+
+_SANE_ROW = 1 << 24
+_SANE_LAYERS = 1024
+_SANE_STREAMS = 64
+_SANE_SEQS = 256
+
+
+class _Reader:
+    """Bounded little-endian reads from an open file; ``None`` past the end."""
+
+    def __init__(self, fh: BinaryIO, size: int, offset: int) -> None:
+        self.fh, self.size, self.pos = fh, size, offset
+
+    def read(self, n: int) -> bytes:
+        self.fh.seek(self.pos)
+        return self.fh.read(n)
+
+    def take(self, fmt: str) -> tuple[int, ...] | None:
+        n = struct.calcsize(fmt)
+        if self.pos + n > self.size:
+            return None
+        data = self.read(n)
+        if len(data) < n:
+            return None
+        self.pos += n
+        return struct.unpack(fmt, data)
+
+    def skip(self, n: int) -> bool:
+        if self.pos + n > self.size:
+            return False
+        self.pos += n
+        return True
+
+
+class _Implausible(Exception):
+    pass
+
+
+class _Short(Exception):
+    pass
+
+
+def _need(value: tuple[int, ...] | None) -> tuple[int, ...]:
+    if value is None:
+        raise _Short
+    return value
+
+
+def _skip_single_seq_cells(r: _Reader, cells: int) -> bool:
+    """Skip ``cells`` cells in one read when each belongs to one sequence (a slot save's
+    cells always do); False, with nothing consumed, when they do not or the file ends."""
+    size = 12 * cells
+    if r.pos + size > r.size:
+        return False
+    block = r.read(size)
+    if len(block) < size or any(n != 1 for _p, n, _s in struct.iter_unpack("<iIi", block)):
+        return False
+    r.pos += size
+    return True
+
+
+def _walk_stream(r: _Reader, n_tokens: int) -> None:
+    """One stream of the embedded server's layout (see ``state_is_complete``)."""
+    (cells,) = _need(r.take("<I"))
+    if cells > max(n_tokens, 0) + 1:
+        raise _Implausible
+    if not cells:
+        return
+    if not _skip_single_seq_cells(r, cells):
+        for _ in range(cells):
+            _pos, n_seq = _need(r.take("<iI"))
+            if not 0 < n_seq <= _SANE_SEQS:
+                raise _Implausible
+            if not r.skip(4 * n_seq):
+                raise _Short
+    v_trans, n_layer = _need(r.take("<II"))
+    if v_trans not in (0, 1) or not 0 < n_layer <= _SANE_LAYERS:
+        raise _Implausible
+    if not r.skip(8):
+        raise _Short
+    for _ in range(n_layer):  # K rows
+        k_type, row = _need(r.take("<iQ"))
+        if not 0 <= k_type < 64 or not 0 < row <= _SANE_ROW:
+            raise _Implausible
+        if not r.skip(row * cells):
+            raise _Short
+    for _ in range(n_layer):  # V rows, or V elements when transposed
+        if v_trans:
+            v_type, size_el, n_embd = _need(r.take("<iII"))
+            if not 0 <= v_type < 64 or not 0 < size_el * n_embd <= _SANE_ROW:
+                raise _Implausible
+            if not r.skip(size_el * n_embd * cells):
+                raise _Short
+        else:
+            v_type, row = _need(r.take("<iQ"))
+            if not 0 <= v_type < 64 or not 0 < row <= _SANE_ROW:
+                raise _Implausible
+            if not r.skip(row * cells):
+                raise _Short
+
+
+def state_is_complete(path: Path, header: SlotFileHeader) -> bool | None:
+    """Whether the KV part after the header is all there: True, False (cut short) or None.
+
+    Walks the layout that the embedded server's build writes (version 4; verified byte for byte
+    on its files): ``u32 n_stream``, then per stream ``u32 cells``, the cells (``i32 pos, u32
+    n_seq, i32 × n_seq``), ``u32 v_trans, u32 n_layer``, 8 bytes, per layer ``i32 type, u64
+    row`` and ``row × cells`` bytes of K, then the same for V. Other versions, and anything
+    implausible for this layout, give None: then only the header vouches for the file.
+    """
+    if header.version != 4:
+        return None
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fh = os.fdopen(os.open(path, flags), "rb")
+    except OSError:
+        return None
+    with fh:
+        try:
+            reader = _Reader(fh, os.fstat(fh.fileno()).st_size, header.min_size)
+            (streams,) = _need(reader.take("<I"))
+            if not 0 < streams <= _SANE_STREAMS:
+                return None
+            for _ in range(streams):
+                _walk_stream(reader, header.n_tokens)
+        except _Implausible:
+            return None
+        except _Short:
+            return False
+        except OSError:
+            return None
+    return True if reader.pos == reader.size else None

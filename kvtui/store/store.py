@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from kvtui.atomic import write_atomic
 from kvtui.store.entries import UNPARSED_CHAT, SaveEntry, SaveMeta, build_entry, is_valid_save
-from kvtui.store.errors import NotRestorable, SaveDirUnreadable, SaveWriteFailed, StoreError
+from kvtui.store.errors import SaveDirUnreadable, SaveWriteFailed
 from kvtui.store.extension import KnownChats
 from kvtui.store.names import (
     BIN_SUFFIX,
@@ -47,7 +47,7 @@ from kvtui.store.names import (
     normalize,
     parse_save_name,
 )
-from kvtui.store.slotfile import SlotFileError, SlotFileHeader, read_header
+from kvtui.store.slotfile import SlotFileError, SlotFileHeader, read_header, state_is_complete
 
 if TYPE_CHECKING:
     from kvtui.store.saving import SlotSaver
@@ -70,16 +70,6 @@ def _unreadable(directory: Path, err: OSError) -> SaveDirUnreadable:
         f"Cannot read the save directory {directory} ({reason}). Check that it exists and that "
         "you may read and write it, or give kvtui another one with --save-dir DIR."
     )
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), seconds)
-
-
-def _relevant(_change: object, path: str) -> bool:
-    name = os.path.basename(path)
-    return not name.startswith(".") and name.endswith((BIN_SUFFIX, BIN_SUFFIX + SIDECAR_SUFFIX))
 
 
 class SaveStore:
@@ -246,7 +236,10 @@ class SaveStore:
             return old
         meta = self._load_meta(self.directory / (name + SIDECAR_SUFFIX)) if side else None
         header = self._header(name)
-        entry = build_entry(name, st.st_size, st.st_mtime_ns, meta, header, self._known)
+        complete = None
+        if isinstance(header, SlotFileHeader) and (meta is None or meta.n_written is None):
+            complete = state_is_complete(self.directory / name, header)  # no sidecar vouches
+        entry = build_entry(name, st.st_size, st.st_mtime_ns, meta, header, self._known, complete)
         return stamp, entry
 
     def rescan(self) -> bool:
@@ -367,43 +360,29 @@ class SaveStore:
         return None
 
     def check_restorable(self, entry: SaveEntry | str, n_ctx: int | None = None) -> SaveEntry:
-        """Check, without the server, that a save may be restored into a slot of ``n_ctx``.
+        """Check, without the server, that a save may be restored into a slot of ``n_ctx``
+        tokens; returns the fresh entry or raises ``NotRestorable`` (see
+        ``kvtui.store.safety.check_restorable``)."""
+        from kvtui.store.safety import check_restorable
 
-        The file is looked at afresh: a regular file (never a symlink), non-empty, the size its
-        sidecar's ``n_written`` says, a slot-file header that is whole, and no more tokens than
-        the slot's context. Returns the fresh entry; raises ``NotRestorable`` with a one-line
-        message (the target slot keeps its cache, since nothing is sent).
-        """
-        filename = entry if isinstance(entry, str) else entry.filename
-        check_filename(filename)
-        st = self._lstat(filename)
-        if st is None:
-            raise NotRestorable(
-                f"{filename} is not in the save directory {self.directory}. Nothing was loaded; "
-                "pick another save."
-            )
-        if stat.S_ISLNK(st.st_mode) or not _is_regular(st):
-            raise NotRestorable(
-                f"{filename} is a symbolic link or not a regular file; kvtui never loads those. "
-                "Nothing was loaded: copy the save itself into the save directory."
-            )
-        fresh = self._refresh(filename)
-        if fresh is None:
-            raise NotRestorable(
-                f"{filename} disappeared from {self.directory}. Nothing was loaded."
-            )
-        if fresh.problem is not None:
-            raise NotRestorable(
-                f"{filename} cannot be loaded: {fresh.problem}. Nothing was sent, so the slot "
-                "keeps its cache; load an older save."
-            )
-        if n_ctx and fresh.n_tokens is not None and fresh.n_tokens > n_ctx:
-            raise NotRestorable(
-                f"{filename} holds {fresh.n_tokens:,} tokens, more than a slot's context of "
-                f"{n_ctx:,}. Nothing was sent; restart llama-server with a larger -c (context is "
-                "split across -np slots) to load it."
-            )
-        return fresh
+        return check_restorable(self, entry, n_ctx)
+
+    def pick_restorable(
+        self,
+        chat: str,
+        character: str,
+        n_ctx: int | None = None,
+        *,
+        prompt_text: str | None = None,
+        min_shared: float = 0.5,
+    ) -> tuple[SaveEntry | None, list[str]]:
+        """Autoload's choice: the newest save that passes every check, and a note per newer
+        file passed over (see ``kvtui.store.safety.pick_restorable``)."""
+        from kvtui.store.safety import pick_restorable
+
+        return pick_restorable(
+            self, chat, character, n_ctx, prompt_text=prompt_text, min_shared=min_shared
+        )
 
     # -- saving and repair (kvtui.store.saving) ----------------------------------------------
 
@@ -416,13 +395,21 @@ class SaveStore:
         *,
         min_tokens: int = 1,
         min_bytes: int = 0,
+        unless_same_as: str | None = None,
     ) -> SaveEntry:
         """Save ``slot`` under ``final_name`` only once complete and verified (see
         ``kvtui.store.saving.save_verified``)."""
         from kvtui.store.saving import save_verified
 
         return await save_verified(
-            self, client, slot, final_name, meta, min_tokens=min_tokens, min_bytes=min_bytes
+            self,
+            client,
+            slot,
+            final_name,
+            meta,
+            min_tokens=min_tokens,
+            min_bytes=min_bytes,
+            unless_same_as=unless_same_as,
         )
 
     def repair(self) -> list[str]:
@@ -449,42 +436,11 @@ class SaveStore:
     def rotate(
         self, chat: str, character: str, keep: int, *, protect: Collection[str] = ()
     ) -> list[str]:
-        """Delete the oldest autosaves of (chat, character) beyond the newest ``keep``.
+        """Delete the oldest sound autosaves of (chat, character) beyond the newest ``keep``;
+        returns the deleted names (see ``kvtui.store.safety.rotate``)."""
+        from kvtui.store.safety import rotate
 
-        Only sound saves count and are deleted: damaged files and leftovers never take a good
-        save's place, and are never removed here. Tagged saves are never touched. The save most
-        recently named or written for this pair (and anything in ``protect``) is always kept
-        and counts towards ``keep``, even when other files carry later timestamps (the
-        extension stamps names in local time). Returns the deleted names.
-        """
-        if keep < 0:
-            raise ValueError("keep must be >= 0")
-        self._fresh()
-        chat_key, character_key = normalize(chat), normalize(character)
-        protected = set(protect)
-        with self._lock:
-            if (recent := self._recent.get((chat_key, character_key))) is not None:
-                protected.add(recent)
-        autosaves = [
-            e
-            for e in self.entries()
-            if e.parsed
-            and e.tag is None
-            and e.chat_key == chat_key
-            and e.character_key == character_key
-        ]
-        room = keep - sum(1 for e in autosaves if e.filename in protected)
-        deleted: list[str] = []
-        for entry in autosaves:
-            if entry.filename in protected:
-                continue
-            if room > 0:
-                room -= 1
-                continue
-            with contextlib.suppress(OSError):
-                self.delete(entry.filename)
-                deleted.append(entry.filename)
-        return deleted
+        return rotate(self, chat, character, keep, protect=protect)
 
     # -- watching ----------------------------------------------------------------------------
 
@@ -497,53 +453,14 @@ class SaveStore:
         resync_seconds: float = 30.0,
         force_polling: bool | None = None,
     ) -> None:
-        """Keep the index current until ``stop_event`` is set.
+        """Keep the index current until ``stop_event`` is set (see ``kvtui.store.watching``)."""
+        from kvtui.store.watching import watch_store
 
-        File-system events (``watchfiles``, debounced by ``debounce_ms``) trigger a rescan;
-        ``on_change`` is called whenever the index changed since the last call, including
-        through this store's own writes and deletes. A full rescan also runs every
-        ``resync_seconds`` in case an event was lost; a missing or replaced directory is
-        waited for and watched again.
-        """
-        from watchfiles import awatch
-
-        notified = self._version
-
-        async def sync() -> None:
-            nonlocal notified
-            try:
-                await asyncio.to_thread(self.rescan)
-            except StoreError:
-                return  # unreadable for now: keep the last index and try again later
-            if self._version != notified:
-                notified = self._version
-                on_change()
-
-        self._watching += 1
-        try:
-            while not stop_event.is_set():
-                await sync()
-                watched = self._dir_stat()
-                if watched is None:
-                    await _wait(stop_event, 1.0)
-                    continue
-                try:
-                    async for _changes in awatch(
-                        self.directory,
-                        watch_filter=_relevant,
-                        debounce=debounce_ms,
-                        stop_event=stop_event,
-                        rust_timeout=max(1, int(resync_seconds * 1000)),
-                        yield_on_timeout=True,
-                        recursive=False,
-                        force_polling=force_polling,
-                        ignore_permission_denied=True,
-                    ):
-                        await sync()
-                        now = self._dir_stat()
-                        if now is None or now.st_ino != watched.st_ino:
-                            break  # deleted or replaced: watch the new one
-                except OSError:
-                    await _wait(stop_event, 1.0)
-        finally:
-            self._watching -= 1
+        await watch_store(
+            self,
+            on_change,
+            stop_event,
+            debounce_ms=debounce_ms,
+            resync_seconds=resync_seconds,
+            force_polling=force_polling,
+        )

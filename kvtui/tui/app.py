@@ -185,6 +185,8 @@ def run_dashboard(
             f"{lock.holder()} is running with the same state directory: both keep the slot "
             "book, and the last to write wins. Stop one of them.",
         )
+    else:
+        app.service.repair_saves()
     try:
         result = app.run()
     finally:

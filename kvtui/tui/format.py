@@ -12,21 +12,24 @@ from datetime import datetime
 
 from rich.text import Text
 
+from kvtui.chatref import chat_label
 from kvtui.service import SlotRow
+from kvtui.warmth import SessionSummary, SlotWarmth
 
 DASH = "—"
 
 SLOT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("slot", "Slot"),
+    ("slot", "#"),
     ("state", "State"),
     ("character", "Character"),
     ("chat", "Chat"),
     ("tokens", "Tokens"),
-    ("usage", "Usage"),
-    ("autosave", "Next autosave"),
-    ("last_save", "Last save"),
+    ("usage", "Used"),
+    ("autosave", "Autosave"),
+    ("last_save", "Saved"),
+    ("hit", "Last turn"),
 )
-"""The slot table's columns as (key, label), in display order."""
+"""The slot table's columns as (key, label), in display order (short: 80 columns fit)."""
 
 
 def local_time(when: datetime | None, now: datetime | None = None) -> str:
@@ -58,29 +61,33 @@ def human_size(n_bytes: int | None) -> str:
 
 
 def slot_state(row: SlotRow) -> Text:
-    """``idle``, or ``processing n/total`` while the server decodes in that slot."""
+    """``idle``, or ``busy n/total`` while the server decodes in that slot (short: the table
+    fits 80 columns)."""
     if not row.processing:
         return Text("idle", style="dim")
     decoded = row.n_decoded or 0
     if row.n_remain is not None and row.n_remain >= 0:
-        return Text(f"processing {decoded}/{decoded + row.n_remain}", style="bold")
-    return Text(f"processing {decoded}", style="bold")
+        return Text(f"busy {decoded}/{decoded + row.n_remain}", style="bold")
+    return Text(f"busy {decoded}", style="bold")
 
 
 def slot_tokens(row: SlotRow) -> str:
     if row.tokens is None:
-        return f"{DASH} / {row.n_ctx}" if row.n_ctx else DASH
-    return f"{row.tokens} / {row.n_ctx}" if row.n_ctx else str(row.tokens)
+        return f"{DASH}/{row.n_ctx}" if row.n_ctx else DASH
+    return f"{row.tokens}/{row.n_ctx}" if row.n_ctx else str(row.tokens)
 
 
-def slot_autosave(row: SlotRow) -> str:
-    """Messages until the character's next autosave (the seed's header indicator)."""
+def slot_autosave(row: SlotRow) -> Text:
+    """Messages until the character's next autosave (the seed's header indicator).
+
+    "off" is bold italic, not dimmed: it must stand out in every theme.
+    """
     if row.character is None:
-        return DASH
+        return Text(DASH)
     if row.messages_until_save is None:
-        return "off"
+        return Text("off", style="bold italic")
     n = max(row.messages_until_save, 0)
-    return f"in {n} message" if n == 1 else f"in {n} messages"
+    return Text(f"in {n} msg" if n == 1 else f"in {n} msgs")
 
 
 def plain(value: str | None) -> Text:
@@ -88,19 +95,66 @@ def plain(value: str | None) -> Text:
     return Text(value) if value else Text(DASH, style="dim")
 
 
+REASON_WORDS = {
+    "evicted_unsaved": "evicted",
+    "older_save": "older save",
+    "server_restart": "restart",
+    "chat_switch": "chat switch",
+    "prompt_changed_early": "early change",
+    "identity_unsure": "unsure",
+    "no_save": "no save",
+    "server_choice": "server",
+}
+"""A loss reason (``kvtui.warmth.Reason``) in the one or two words the table has room for."""
+
+
+def slot_hit(warmth: SlotWarmth | None) -> Text:
+    """The slot's last turn: the share of the prompt that came from the cache, and the reason
+    of a loss (``98%``, ``4% restart``)."""
+    if warmth is None or warmth.prompt <= 0:
+        return Text(DASH)
+    share = f"{round(100 * warmth.cached / warmth.prompt)}%"
+    if not warmth.reason or not warmth.lost_tokens:
+        return Text(share)
+    word = REASON_WORDS.get(warmth.reason, warmth.reason)
+    return Text.assemble(share, " ", (word, "bold"))
+
+
+def session_line(summary: SessionSummary | None) -> str:
+    """The session in one line: hit ratio, tokens (and time) saved, the top loss."""
+    if summary is None or not summary.turns:
+        return "session: no turns yet"
+    parts = [f"session: {summary.turns} turns", f"{summary.hit_ratio:.0%} cached"]
+    saved = f"{summary.cached_tokens:,} tokens saved"
+    if summary.seconds_saved:
+        saved += f" (~{summary.seconds_saved:.0f} s)"
+    parts.append(saved)
+    if summary.by_reason:
+        top = max(summary.by_reason, key=lambda r: r.tokens)
+        parts.append(f"top loss: {REASON_WORDS.get(top.reason, top.reason)} {top.tokens:,}")
+    return " · ".join(parts)
+
+
 def slot_cells(
-    row: SlotRow, now: datetime | None = None, titles: Mapping[str, str] | None = None
+    row: SlotRow,
+    now: datetime | None = None,
+    titles: Mapping[str, str] | None = None,
+    warmth: Mapping[int, SlotWarmth] | None = None,
 ) -> dict[str, str | Text]:
     """Every cell of one slot row, keyed by column key.
 
-    ``titles`` maps chat ids to SillyTavern's names for them (a group chat's id is a timestamp).
+    ``titles`` maps chat ids to SillyTavern's names for them (a group chat's id is a timestamp);
+    ``warmth`` holds each slot's last routed turn (automatic mode).
     """
-    chat = (titles or {}).get(row.chat, row.chat) if row.chat else None
+    last = (warmth or {}).get(row.slot)
+    if last is not None and (last.character != row.character):
+        last = None  # the slot changed hands since
     return {
+        "hit": slot_hit(last),
         "slot": str(row.slot),
         "state": slot_state(row),
         "character": plain(row.character),
-        "chat": plain(chat),
+        "chat": plain(chat_label(row.chat, titles or {}) if row.chat else None),
         "tokens": slot_tokens(row),
         "usage": str(row.usage) if row.character else DASH,
         "autosave": slot_autosave(row),

@@ -1,16 +1,29 @@
-"""From the router's :class:`~kvtui.outcomes.RouteDecision` to a :class:`TurnDecision`.
+"""From the router's :class:`~kvtui.service.outcomes.RouteDecision` to a :class:`TurnDecision`.
 
-The proxy calls :func:`begin_routed` right after ``KvService.route`` returns (or fails), and
-``ledger.finish(ticket, timings, disk_write_bytes=…, disk_write_tokens=…)`` when the reply ends
-(the autosave's ``SaveOutcome`` gives the bytes and tokens written).
+Where the proxy calls the warmth ledger (``ledger = WarmthLedger(settings.state_dir,
+tokenize=service.client.tokenize, policy=WarmthPolicy.from_settings(settings), on_error=…)``):
+
+1. Once connected, before routing anything: ``info = await detect_ram_cache(client,
+   avoid=<slots the book holds>)`` and ``ledger.configure_ram_cache(info, bytes_per_token=…,
+   n_ctx_total=props.n_ctx * props.total_slots)`` (:func:`bytes_per_token` measures the
+   first from the saves).
+2. Right after ``KvService.route`` returns (``None`` when it failed): :func:`begin_routed`, with
+   the character's previous prompt read *before* the new one is recorded; keep the ticket.
+3. When the reply ends, after ``finish_generation``: ``ledger.finish(ticket,
+   observer.final["timings"], disk_write_bytes=saved.n_written, disk_write_tokens=saved.n_saved)``
+   (zeros without an autosave). Nothing is recorded without timings (a cut-off stream).
+4. When kvtui sees llama-server restarted: ``ledger.note_server_restart()``; after a chat switch
+   that erased the slots: ``ledger.note_chat_switch()``. On shutdown: ``await ledger.aclose()``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 from pathlib import Path
 
 from kvtui.service.outcomes import RouteDecision
+from kvtui.store import SaveStore
 from kvtui.warmth.ledger import TurnTicket, WarmthLedger
 from kvtui.warmth.model import TurnDecision
 
@@ -77,3 +90,16 @@ def begin_routed(
         ram_cache_relied=ram_cache_relied,
     )
     return ledger.begin(d)
+
+
+def bytes_per_token(store: SaveStore | None, default: float = 528.0) -> float:
+    """The state size per token of this model, measured on its saves (median of the newest
+    50); ``default`` (the tiny test model's) when there are none."""
+    if store is None:
+        return default
+    ratios = []
+    for entry in sorted(store.entries(), key=lambda e: e.sort_key, reverse=True)[:50]:
+        meta = store.read_meta(entry.filename)
+        if meta is not None and meta.n_saved and meta.n_written:
+            ratios.append(meta.n_written / meta.n_saved)
+    return statistics.median(ratios) if ratios else default

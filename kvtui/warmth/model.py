@@ -211,6 +211,12 @@ class SessionSummary:
         return self.cached_tokens / total if total else 0.0
 
     @property
+    def invariant_holds(self) -> bool:
+        """Lost tokens by reason == the server's ``prompt_n`` total minus genuinely new tokens."""
+        by_reason = sum(r.tokens for r in self.by_reason)
+        return by_reason == self.lost_tokens == self.prefilled_tokens - self.new_tokens
+
+    @property
     def disk_read_mb(self) -> float:
         return self.disk_read_bytes / 1e6
 
@@ -222,6 +228,7 @@ class SessionSummary:
         data = asdict(self)
         data["by_reason"] = [asdict(r) for r in self.by_reason]
         data["hit_ratio"] = self.hit_ratio
+        data["invariant_holds"] = self.invariant_holds
         data["disk_read_mb"] = self.disk_read_mb
         data["disk_write_mb"] = self.disk_write_mb
         return data

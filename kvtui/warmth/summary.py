@@ -48,7 +48,7 @@ def summarize(
     prefilled = sum(r.prompt_n for r in records)
     cached = sum(r.cache_n for r in records)
     lost = sum(r.lost_tokens for r in records)
-    read_tokens = sum(r.restored_tokens or 0 for r in records if r.disk_read_bytes)
+    read_tokens = sum(r.restored_tokens or 0 for r in records if r.restored)
     write_tokens = sum(r.disk_write_tokens for r in records)
     moved = read_tokens + write_tokens
     disk_s = moved * real_model_bytes_per_token / (disk_mb_per_second * 1e6) if moved else 0.0

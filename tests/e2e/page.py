@@ -9,10 +9,11 @@ SillyTavern's own events (it never changes a request).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from playwright.sync_api import BrowserContext, Page, Playwright
 
@@ -76,6 +77,22 @@ def launch(pw: Playwright, chromium: str, user_data_dir: str) -> tuple[BrowserCo
     return context, page
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _timed(method: F) -> F:
+    """Log how long a page action took (``StPage.log_step``)."""
+
+    @functools.wraps(method)
+    def wrapper(self: StPage, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        result = method(self, *args, **kwargs)
+        self.log_step(f"{method.__name__}{args}: {time.monotonic() - started:.1f} s")
+        return result
+
+    return wrapper  # type: ignore[return-value]
+
+
 @dataclass
 class StPage:
     """SillyTavern's page in the browser, bound to the running stack."""
@@ -85,12 +102,14 @@ class StPage:
 
     # -- basics ---------------------------------------------------------------------------
     def open(self) -> None:
+        started = time.monotonic()
         self.page.goto(self.stack.st_url)
         self.page.wait_for_function(
             "() => window.SillyTavern && !document.querySelector('.splash-screen')"
             " && document.querySelector('#rm_print_characters_block .character_select')"
         )
         self.page.evaluate(_PROBE)
+        self.log_step(f"page ready in {time.monotonic() - started:.1f} s")
 
     def context(self) -> dict[str, Any]:
         result: dict[str, Any] = self.page.evaluate(
@@ -119,18 +138,31 @@ class StPage:
 
     def _generate(self, action: Callable[[], None], n: int = 1) -> None:
         before = self.n_generations()
+        started = time.monotonic()
         action()
+        clicked = time.monotonic()
         self.wait_idle(before + n)
+        self.log_step(
+            f"{n} generation(s): click {clicked - started:.1f} s, "
+            f"until idle {time.monotonic() - clicked:.1f} s"
+        )
+
+    def log_step(self, text: str) -> None:
+        """Append a timed line to ``<workdir>/steps.log`` (where the e2e's time goes)."""
+        with (self.stack.workdir / "steps.log").open("a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%H:%M:%S')} {text}\n")
 
     def _click_option(self, option_id: str) -> None:
         self.page.click("#options_button")
         self.page.click(f"#{option_id}")
 
     # -- connecting ------------------------------------------------------------------------
+    @_timed
     def connect_text_completion(self) -> None:
         """API Connections → Text Completion (llama.cpp, URL seeded) → Connect."""
         self._select_api("textgenerationwebui", "#api_button_textgenerationwebui")
 
+    @_timed
     def connect_chat_completion(self) -> None:
         """API Connections → Chat Completion (Custom source, URL seeded) → Connect."""
         self._select_api("openai", "#api_button_openai")
@@ -151,6 +183,7 @@ class StPage:
         self.page.wait_for_selector("#main_api", state="hidden")
 
     # -- opening chats ---------------------------------------------------------------------
+    @_timed
     def open_character(self, avatar: str) -> str:
         """Click a character in the list; returns the chat id SillyTavern opened."""
         self._show_characters()
@@ -169,6 +202,7 @@ class StPage:
             ).json_value()
         )
 
+    @_timed
     def open_group(self, group_id: str) -> str:
         self._show_characters()
         self.page.click(f"#rm_print_characters_block .group_select[data-grid='{group_id}']")
@@ -181,6 +215,7 @@ class StPage:
             ).json_value()
         )
 
+    @_timed
     def open_chat_from_list(self, chat_file: str) -> None:
         """Options → Manage chat files → click the chat (file name without .jsonl)."""
         self._click_option("option_select_chat")
@@ -234,6 +269,7 @@ class StPage:
         self.page.fill("#send_textarea", "")
         return value
 
+    @_timed
     def edit_message(self, index: int, text: str) -> None:
         """The pencil on message ``index`` (negative: from the end), new text, Done."""
         if index < 0:

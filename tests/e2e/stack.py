@@ -96,7 +96,9 @@ def _old_solo_chat(user_dir: Path) -> None:
     ]  # fmt: skip
     path = user_dir / "chats" / "Seraphina" / f"{OLD_SOLO_CHAT_ID}.jsonl"
     path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines), encoding="utf-8")
-    old = time.time() - 86400
+    # Older than the card's current chat, as a chat last used days before would be.
+    current = user_dir / "chats" / "Seraphina" / f"{sample.SOLO_CHAT_ID}.jsonl"
+    old = current.stat().st_mtime - 2 * 86400
     os.utime(path, (old, old))
 
 
@@ -267,16 +269,17 @@ class Stack:
         return f"http://127.0.0.1:{self.proxy_port}"
 
     def start(self) -> Stack:
+        """Start everything (SillyTavern boots while llama-server and the proxy start)."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.llama = EmbeddedServer(
-            save_dir=self.save_dir,
-            n_slots=self.n_slots,
-            n_ctx=self.n_ctx,
-            log_path=self.workdir / "llama.log",
-        ).start()
-        upstream = self.llama.url
         root = st_root()
-        # The data root first: the proxy follows its user directory.
         self.tap = Tap(upstream="")
         self.tap.start()
         user_dir = seed_data_root(self.data_root, root, self.tap.url)
@@ -284,6 +287,22 @@ class Stack:
             from kvtui.sillytavern.install import install_extension
 
             install_extension(user_dir)
+        self.st_port = free_port()
+        config = self.workdir / "st-config.yaml"
+        config.write_text(st_config(self.data_root, self.st_port), encoding="utf-8")
+        st_log = self.workdir / "sillytavern.log"
+        self.st_proc = subprocess.Popen(
+            ["node", "server.js", "--configPath", str(config)],
+            cwd=root, stdout=st_log.open("ab"), stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env={**os.environ, "NODE_ENV": "production"},
+        )  # fmt: skip
+        self.llama = EmbeddedServer(
+            save_dir=self.save_dir,
+            n_slots=self.n_slots,
+            n_ctx=self.n_ctx,
+            log_path=self.workdir / "llama.log",
+        ).start()
+        upstream = self.llama.url
         if self.with_proxy:
             self.proxy_port = free_port()
             env = {**os.environ, **self.extra_env}
@@ -301,19 +320,10 @@ class Stack:
             self.tap.upstream = self.proxy_url
         else:
             self.tap.upstream = upstream
-        self.st_port = free_port()
-        config = self.workdir / "st-config.yaml"
-        config.write_text(st_config(self.data_root, self.st_port), encoding="utf-8")
-        log = self.workdir / "sillytavern.log"
-        self.st_proc = subprocess.Popen(
-            ["node", "server.js", "--configPath", str(config)],
-            cwd=root, stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "NODE_ENV": "production"},
-        )  # fmt: skip
-        _wait_http(self.st_url + "/", self.st_proc, "SillyTavern", log, 120)
-        return self
+        _wait_http(self.st_url + "/", self.st_proc, "SillyTavern", st_log, 180)
 
     def stop(self) -> None:
+        """Stop what was started (safe after a failed start, and twice)."""
         _stop(self.st_proc)
         self.st_proc = None
         _stop(self.proxy_proc)

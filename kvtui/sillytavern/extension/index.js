@@ -264,7 +264,7 @@ async function saveNow() {
     } else if (result && result.error) {
         $('#kvtui_save_result').text(String(result.error));
     } else {
-        $('#kvtui_save_result').text('Sent to kvtui (no answer readable here; see kvtui\'s log).');
+        $('#kvtui_save_result').text(`No answer from kvtui at ${proxyUrl() || '(no URL)'}: is kvtui proxy running there?`);
     }
     refreshStatus();
 }

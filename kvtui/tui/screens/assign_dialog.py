@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.suggester import Suggester, SuggestFromList
-from textual.widgets import Button, Input, Label, OptionList
+from textual.widgets import Button, Footer, Input, Label, OptionList
 from textual.widgets.option_list import Option
 
 from kvtui.tui.lookups import AssignSuggestions
@@ -106,6 +106,7 @@ class AssignDialog(ModalScreen[Assignment | None]):
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Assign (enter)", variant="primary", id="assign")
                 yield Button("Cancel (esc)", id="cancel")
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self._show_chats(self._chat)

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label
+from textual.widgets import Button, Footer, Label
 
 
 class ConfirmModal(ModalScreen[bool]):
@@ -15,7 +15,8 @@ class ConfirmModal(ModalScreen[bool]):
 
     BINDINGS = [
         Binding("y", "answer(True)", "Yes", id="confirm.yes"),
-        Binding("n,escape", "answer(False)", "No", id="confirm.no"),
+        Binding("n", "answer(False)", "No", id="confirm.no"),
+        Binding("escape", "answer(False)", "No", id="confirm.cancel", show=False),
     ]
 
     def __init__(self, title: str, question: str, *, yes: str = "Yes") -> None:
@@ -31,6 +32,7 @@ class ConfirmModal(ModalScreen[bool]):
             with Horizontal(classes="dialog-buttons"):
                 yield Button(f"{self._yes} (y)", variant="error", id="yes")
                 yield Button("No (n)", id="no")
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()

@@ -32,27 +32,46 @@ LOAD_KINDS = frozenset({Kind.LOAD, Kind.EVICT, Kind.AUTOSAVE, Kind.ROTATE})
 ERASE_KINDS = frozenset({Kind.ERASE})
 
 
-def _binding(key: str, action: str, description: str, tooltip: str) -> Binding:
-    return Binding(key, action, description, tooltip=tooltip, id=action)
+def _binding(
+    key: str, action: str, description: str, tooltip: str, *, show: bool = True
+) -> Binding:
+    return Binding(key, action, description, tooltip=tooltip, id=action, show=show)
+
+
+HELP = _binding("question_mark", "help", "Help", "What kvtui does and every key.")
+QUIT = _binding("q", "quit", "Quit", "Quit kvtui (save files stay on disk).")
+ACTIONS = [
+    _binding("s", "save_slot", "Save", "Save the selected slot's cache to a new file."),
+    _binding("a", "save_all", "Save all", "Save every active character now, without a tag."),
+    _binding("t", "save_tagged", "Tag", "Save every active character with a tag."),
+    _binding("l", "load", "Load", "Pick saves to load: chat, then character, then save."),
+    _binding("p", "prewarm", "Prewarm", "Warm every chosen member of a chat before it starts."),
+    _binding("f2", "settings", "Settings", "Edit, validate, save and apply the settings."),
+    _binding(
+        "m", "memory", "Memory", "Make a scene memory of a chat into its lorebook.", show=False
+    ),
+    # Off the footer at 80 columns; in the help (?), the palette (ctrl+p) and the log's hint.
+    _binding(
+        "c", "assign", "Assign", "Assign a chat and character to the selected slot.", show=False
+    ),
+    _binding(
+        "e", "erase", "Erase", "Erase the selected slot on the server (files stay).", show=False
+    ),
+    _binding(
+        "x", "clear_all", "Clear all", "Erase every slot on the server (files stay).", show=False
+    ),
+    _binding("r", "refresh", "Refresh", "Poll the server now.", show=False),
+]
 
 
 class DashboardScreen(LiveScreen):
-    """The main screen: the live view plus the actions on it."""
+    """The main screen: the live view plus the actions on it.
 
-    BINDINGS = [
-        _binding("s", "save_slot", "Save slot", "Save the selected slot's cache to a new file."),
-        _binding("a", "save_all", "Save now", "Save every active character now, without a tag."),
-        _binding("t", "save_tagged", "Save+tag", "Save every active character with a tag."),
-        _binding("l", "load", "Load", "Pick saves to load: chat, then character, then save."),
-        _binding("c", "assign", "Assign", "Assign a chat and character to the selected slot."),
-        _binding("e", "erase", "Erase", "Erase the selected slot on the server (files stay)."),
-        _binding("x", "clear_all", "Clear all", "Erase every slot on the server (files stay)."),
-        _binding("p", "prewarm", "Prewarm", "Warm every chosen member of a chat before it starts."),
-        _binding("r", "refresh", "Refresh", "Poll the server now."),
-        _binding("f2", "settings", "Settings", "Edit, validate, save and apply the settings."),
-        _binding("question_mark", "help", "Help", "What kvtui does and every key."),
-        _binding("q", "quit", "Quit", "Quit kvtui (save files stay on disk)."),
-    ]
+    The footer shows help first and quit last, with the main actions between; at 80 columns
+    every one of them fits. The rest are in the help screen and the command palette.
+    """
+
+    BINDINGS = [HELP, *ACTIONS, QUIT]
 
     # -- saving ------------------------------------------------------------------------------
 
@@ -201,6 +220,11 @@ class DashboardScreen(LiveScreen):
     def action_prewarm(self) -> None:
         self.app.push_screen(PrewarmScreen(self.service))
 
+    def action_memory(self) -> None:
+        from kvtui.tui.screens.memory import MemoryScreen
+
+        self.app.push_screen(MemoryScreen(self.service, self.service.current_chat))
+
     def action_refresh(self) -> None:
         self.poll()
 
@@ -220,7 +244,8 @@ class DashboardScreen(LiveScreen):
                 )
         rows = []
         for binding in self.BINDINGS:
-            assert isinstance(binding, Binding) and binding.id is not None
+            if not isinstance(binding, Binding) or binding.id is None:
+                continue  # Screen's own focus and copy keys
             shown = ", ".join(keys.get(binding.id, [])) or "unbound"
             rows.append((binding.id, shown, binding.description, binding.tooltip))
         return rows
@@ -228,4 +253,8 @@ class DashboardScreen(LiveScreen):
     @classmethod
     def palette_bindings(cls) -> list[Binding]:
         """The actions offered in the command palette (quit comes from Textual itself)."""
-        return [b for b in cls.BINDINGS if isinstance(b, Binding) and b.action != "quit"]
+        return [
+            b
+            for b in cls.BINDINGS
+            if isinstance(b, Binding) and b.id is not None and b.action != "quit"
+        ]

@@ -8,17 +8,19 @@ the event log says which turn is playing and what to watch for in the table.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
+from textual.screen import Screen
 from textual.widgets import Static
 
-from kvtui.demo_script import SPEAKERS_IN_GROUP, DemoPlayer, DemoScriptError, Step, Turn
+from kvtui.demo_script import PARTY, SPEAKERS_IN_GROUP, DemoPlayer, DemoScriptError, Step, Turn
 from kvtui.events import Event, Kind
 from kvtui.service import KvService
-from kvtui.tui.screens.dashboard import DashboardScreen, _binding
+from kvtui.tui.screens.dashboard import ACTIONS, HELP, QUIT, DashboardScreen, _binding
 from kvtui.tui.widgets.event_log import EventLogPanel
 
 PLAY_PAUSE = 2.0
@@ -51,13 +53,22 @@ def intro_text(n_slots: int | None) -> Text:
     return text
 
 
-class DemoScreen(DashboardScreen):
+def chat_title(step: Step) -> str:
+    return "Forest Party" if step.chat == PARTY else "Seraphina (1:1 chat)"
+
+
+class DemoScreen(DashboardScreen, inherit_bindings=False):
     """The dashboard with the demo's conversation keys."""
 
+    # The demo's keys come right after help in the footer (inherited bindings would put them
+    # last): the class does not inherit bindings (see the class line) and repeats Screen's.
     BINDINGS = [
-        _binding("n", "demo_next", "Next turn", "Play the demo conversation's next turn."),
-        _binding("g", "demo_play", "Play all", "Play the demo's turns one after another."),
-        *DashboardScreen.BINDINGS,
+        *Screen.BINDINGS,
+        HELP,
+        _binding("n", "demo_next", "Next", "Play the demo conversation's next turn."),
+        _binding("g", "demo_play", "Play", "Play the demo's turns one after another (g pauses)."),
+        *(replace(b, show=False) if b.action == "save_tagged" else b for b in ACTIONS),
+        QUIT,
     ]
 
     def __init__(
@@ -126,6 +137,7 @@ class DemoScreen(DashboardScreen):
                         )
                     )
                     return
+                self._say(step_text(step, player.position, len(player.script), chat_title(step)))
                 with self.busy(f"{step.speaker} is answering…"):
                     result = await player.play_next()
                 said = f'Alex: "{step.user_text}" → ' if step.user_text else ""
@@ -137,7 +149,6 @@ class DemoScreen(DashboardScreen):
                         f"in {result.chat_title}.",
                     )
                 )
-                self._say(step_text(step, result.index, len(player.script), result.chat_title))
                 self.poll()
                 if not (continuous and self.playing):
                     return

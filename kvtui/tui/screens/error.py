@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label, Static
+from textual.widgets import Button, Footer, Label, Static
 
 
 class ErrorModal(ModalScreen[None]):
@@ -28,6 +28,7 @@ class ErrorModal(ModalScreen[None]):
                 with VerticalScroll(classes="error-details"):
                     yield Static(self._details, markup=False)
             yield Button("Close", variant="primary", id="close")
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.query_one("#close", Button).focus()

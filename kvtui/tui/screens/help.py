@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Static
+from textual.widgets import Footer, Static
 
 INTRO = (
     "kvtui keeps every character's llama.cpp KV cache warm: each character gets a slot, "
@@ -46,6 +46,7 @@ class HelpScreen(ModalScreen[None]):
             with VerticalScroll():
                 yield Static(Text(INTRO), classes="dialog-text")
                 yield Static(keys_table(self._rows))
+        yield Footer(show_command_palette=False)
 
     def action_close(self) -> None:
         self.dismiss(None)

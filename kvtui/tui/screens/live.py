@@ -25,15 +25,18 @@ from textual.timer import Timer
 from textual.widgets import Footer, Label, LoadingIndicator
 from textual.worker import Worker, WorkerState
 
+from kvtui.chatref import with_titles
 from kvtui.events import Event, Kind, Level
 from kvtui.service import ConnectionState, KvService, SlotRow, Snapshot
 from kvtui.settings import Settings
 from kvtui.tui.errors import report_worker_error
+from kvtui.tui.format import session_line
 from kvtui.tui.lookups import chat_titles
 from kvtui.tui.reports import Report
 from kvtui.tui.widgets.event_log import EventLogPanel
 from kvtui.tui.widgets.server_info import Retry, ServerInfo, model_name
 from kvtui.tui.widgets.slot_table import SlotTable
+from kvtui.warmth import SlotWarmth, WarmthLedger
 
 MAX_RETRY_DELAY = 15.0
 """Longest wait between polls of an unreachable server, in seconds."""
@@ -103,10 +106,14 @@ class LiveScreen(Screen[None]):
             yield LoadingIndicator(id="activity-spinner")
             yield Label("", id="activity-text", markup=False)
         yield EventLogPanel(id="events")
-        yield Footer(compact=True)
+        # The palette's key is in the log's hint (always visible), not the footer: at 80
+        # columns the footer needs every cell for the main actions.
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        self.query_one(EventLogPanel).border_title = "Events"
+        log = self.query_one(EventLogPanel)
+        log.border_title = "Events"
+        log.border_subtitle = "? every key · ctrl+p every action"
         self.query_one(SlotTable).border_title = "Slots"
         self.query_one("#activity").display = False
         self.query_one(ServerInfo).show(self.service.snapshot())
@@ -121,10 +128,26 @@ class LiveScreen(Screen[None]):
     async def read_chat_titles(self) -> None:
         """Learn SillyTavern's chat names (a thread: it reads the data directory)."""
         self.chat_titles = await asyncio.to_thread(chat_titles, self.settings.st_dir)
+        log = self.query_one(EventLogPanel)
+        if dict(log.titles) != self.chat_titles:
+            log.titles = dict(self.chat_titles)
+            log.rerender()
         if self.snapshot is not None:
             self.query_one(SlotTable).show_rows(
-                self.snapshot.rows, now=self.snapshot.taken_at, titles=self.chat_titles
+                self.snapshot.rows,
+                now=self.snapshot.taken_at,
+                titles=self.chat_titles,
+                warmth=self.warmth(),
             )
+
+    def ledger(self) -> WarmthLedger | None:
+        """The proxy's per-turn accounting, when automatic mode runs in this app."""
+        proxy = getattr(self.app, "proxy", None)
+        return proxy.app.extras.ledger if proxy is not None else None
+
+    def warmth(self) -> dict[int, SlotWarmth]:
+        ledger = self.ledger()
+        return {w.slot: w for w in ledger.slots()} if ledger is not None else {}
 
     def _relay_service_event(self, event: Event) -> None:
         # Subscribers run inside the service's call; hand the event to the UI's queue instead,
@@ -184,7 +207,11 @@ class LiveScreen(Screen[None]):
             retry = Retry(self._failures, retry_delay(self.settings.poll_interval, self._failures))
         self.query_one(ServerInfo).show(snapshot, retry)
         table = self.query_one(SlotTable)
-        table.show_rows(snapshot.rows, now=snapshot.taken_at, titles=self.chat_titles)
+        table.show_rows(
+            snapshot.rows, now=snapshot.taken_at, titles=self.chat_titles, warmth=self.warmth()
+        )
+        ledger = self.ledger()
+        table.border_subtitle = session_line(ledger.summary()) if ledger is not None else ""
         # While the server does not answer, the rows are what kvtui last knew: say so.
         table.set_class(not healthy, "stale")
         table.border_title = (
@@ -201,10 +228,12 @@ class LiveScreen(Screen[None]):
             return
         if event.level is not Level.INFO or event.kind in EVENT_TOASTS:
             self.notify(
-                event.message,
+                with_titles(event.message, self.chat_titles),
                 title=event.kind.value,
                 severity=_SEVERITY[event.level],
                 markup=False,
+                # Routine events are in the log too: brief toasts leave it readable at 80x24.
+                timeout=3 if event.level is Level.INFO else 8,
             )
 
     @contextmanager
@@ -252,7 +281,12 @@ class LiveScreen(Screen[None]):
     def report(self, report: Report) -> None:
         """A job's result as one toast (failures always; successes when notifications are on)."""
         if self.settings.notifications or report.severity != "information":
-            self.notify(report.message, title=report.title, severity=report.severity, markup=False)
+            self.notify(
+                with_titles(report.message, self.chat_titles),
+                title=report.title,
+                severity=report.severity,
+                markup=False,
+            )
 
     @property
     def rows(self) -> tuple[SlotRow, ...]:

@@ -21,6 +21,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Input, Static, Tree
 from textual.widgets.tree import TreeNode
 
+from kvtui.chatref import chat_label
 from kvtui.store import CharacterSaves, ChatGroup, SaveEntry, filter_groups, group_saves
 from kvtui.tui.format import human_size, local_datetime
 
@@ -77,7 +78,7 @@ class Choices:
         return len(self._by_owner)
 
 
-def chat_label(group: ChatGroup, title: str | None = None) -> Text:
+def chat_node_label(group: ChatGroup, title: str | None = None) -> Text:
     """``Forest Party  2026-05-03@19h02m11s004ms [current]  3 characters``."""
     n = len(group.characters)
     label = Text(title or group.chat, style="bold")
@@ -122,7 +123,7 @@ class LoadPicker(ModalScreen[list[str] | None]):
     BINDINGS = [
         Binding("ctrl+l", "load", "Load chosen", id="picker.load", priority=True),
         Binding("slash", "search", "Search", id="picker.search"),
-        Binding("escape", "cancel", "Cancel", id="picker.cancel"),
+        Binding("escape", "cancel", "Clear search / cancel", id="picker.cancel"),
     ]
 
     def __init__(
@@ -168,7 +169,9 @@ class LoadPicker(ModalScreen[list[str] | None]):
         self._save_nodes.clear()
         for group in groups:
             node = tree.root.add(
-                chat_label(group, self._titles.get(group.chat)), ChatItem(group), allow_expand=True
+                chat_node_label(group, self._titles.get(group.chat)),
+                ChatItem(group),
+                allow_expand=True,
             )
             if group.is_current or expand_all:
                 node.expand()
@@ -255,7 +258,8 @@ class LoadPicker(ModalScreen[list[str] | None]):
                 if i:
                     text.append(", ")
                 text.append(entry.character)
-                text.append(f" ({entry.chat}, {local_datetime(entry.timestamp)})", style="dim")
+                chat = chat_label(entry.chat, self._titles)
+                text.append(f" ({chat}, {local_datetime(entry.timestamp)})", style="dim")
         self.query_one("#picker-summary", Static).update(text)
 
     # -- search, load, cancel ----------------------------------------------------------------
@@ -311,4 +315,10 @@ class LoadPicker(ModalScreen[list[str] | None]):
         self.dismiss(None)
 
     def action_cancel(self) -> None:
+        """Esc: clear a typed search first (the tree comes back whole), else close."""
+        search = self.query_one("#picker-search", Input)
+        if search.value:
+            search.value = ""
+            self.save_tree.focus()
+            return
         self.dismiss(None)

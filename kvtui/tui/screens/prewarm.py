@@ -40,7 +40,8 @@ from kvtui.sillytavern import Member
 def member_label(member: Member, source: str) -> Text:
     text = Text(member.name)
     if member.muted:
-        text.append("  (muted)", style="dim")
+        # Not "dim": a dimmed word vanishes in some themes, and muted is why it is unchecked.
+        text.append("  (muted)", style="bold italic")
     if source:
         text.append(f"  {source} prompt", style="dim italic")
     else:
@@ -222,9 +223,12 @@ class PrewarmScreen(Screen[None]):
         self._run(self.plan, order)
 
     def action_cancel_or_close(self) -> None:
+        search = self.query_one("#prewarm-search", Input)
         if self.running:
             self._status("Cancelling…")
             self.workers.cancel_group(self, "prewarm")
+        elif search.value:
+            search.value = ""  # Esc clears a typed search before it closes the screen
         else:
             self.dismiss(None)
 
@@ -246,7 +250,10 @@ class PrewarmScreen(Screen[None]):
     def on_prewarm_progress(self, message: PrewarmProgress) -> None:
         progress = message.progress
         done = len(progress.done)
-        self.query_one("#prewarm-bar", ProgressBar).update(total=progress.total, progress=done)
+        # Cancelled characters were not warmed: the bar counts only those actually dealt with,
+        # so it never reads 100 % after a cancel.
+        handled = sum(1 for r in progress.done if r.outcome is not Outcome.CANCELLED)
+        self.query_one("#prewarm-bar", ProgressBar).update(total=progress.total, progress=handled)
         log = self.query_one("#prewarm-log", RichLog)
         for result in progress.done[self._shown :]:
             if result.outcome is Outcome.WARMED:

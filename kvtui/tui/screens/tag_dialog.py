@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static
+from textual.widgets import Button, Footer, Input, Label, Static
 
 from kvtui.store.names import normalize
 
@@ -42,6 +42,7 @@ class TagDialog(ModalScreen[str | None]):
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save (enter)", variant="primary", id="save")
                 yield Button("Cancel (esc)", id="cancel")
+        yield Footer(show_command_palette=False)
 
     @on(Input.Changed, "#tag")
     def _preview(self, event: Input.Changed) -> None:

@@ -14,6 +14,7 @@ from textual.widgets import DataTable
 
 from kvtui.service import SlotRow
 from kvtui.tui.format import SLOT_COLUMNS, slot_cells
+from kvtui.warmth import SlotWarmth
 
 
 class SlotTable(DataTable[str | Text]):
@@ -30,13 +31,14 @@ class SlotTable(DataTable[str | Text]):
         rows: Sequence[SlotRow],
         now: datetime | None = None,
         titles: Mapping[str, str] | None = None,
+        warmth: Mapping[int, SlotWarmth] | None = None,
     ) -> None:
         """Bring the table in line with ``rows``: update, add and remove by slot number."""
         wanted: set[str] = set()
         for row in rows:
             key = str(row.slot)
             wanted.add(key)
-            cells = slot_cells(row, now, titles)
+            cells = slot_cells(row, now, titles, warmth)
             if key in self.rows:
                 for column, value in cells.items():
                     if self.get_cell(key, column) != value:

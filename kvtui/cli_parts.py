@@ -1,0 +1,53 @@
+"""Subcommands that live with their parts: ``memory``, ``stats``, ``sillytavern``.
+
+Each part defines its own parser (``add_*_parser(subparsers)``) and runner; this module
+registers them with :func:`kvtui.cli.command` like the built-in commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from kvtui.cli import command
+from kvtui.memory.cli import add_memory_parser, run_memory
+from kvtui.settings import Settings
+from kvtui.sillytavern.install import add_sillytavern_parser, run_sillytavern
+from kvtui.warmth.cli import add_stats_parser, run_stats
+
+
+class _Into:
+    """Hands an ``add_*_parser`` function the parser ``kvtui.cli`` already made for it."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+    def add_parser(self, *_args: Any, **_kwargs: Any) -> argparse.ArgumentParser:
+        return self.parser
+
+
+def _memory_args(p: argparse.ArgumentParser) -> None:
+    add_memory_parser(_Into(p))
+
+
+def _stats_args(p: argparse.ArgumentParser) -> None:
+    add_stats_parser(_Into(p))
+
+
+def _sillytavern_args(p: argparse.ArgumentParser) -> None:
+    add_sillytavern_parser(_Into(p))
+
+
+@command("memory", "make a scene memory of a SillyTavern chat into its lorebook", _memory_args)
+def memory(settings: Settings, args: argparse.Namespace) -> int:
+    return run_memory(args, settings)
+
+
+@command("stats", "why turns re-prefilled: hit ratio, tokens saved, losses", _stats_args)
+def stats(settings: Settings, args: argparse.Namespace) -> int:
+    return run_stats(args, settings)
+
+
+@command("sillytavern", "install or remove kvtui's SillyTavern extension", _sillytavern_args)
+def sillytavern(settings: Settings, args: argparse.Namespace) -> int:
+    return run_sillytavern(args, settings)

@@ -1,0 +1,144 @@
+"""What the router does around each routed generation besides routing it: recall, accounting,
+and the one decision line per request.
+
+* before forwarding, recall replaces the ``{{kvtui_memories}}`` / ``{{kvtui_longterm}}`` macros
+  (:mod:`kvtui.recall`); a request without them goes on byte-for-byte as it came;
+* at routing, the warmth ledger begins the turn (:mod:`kvtui.warmth`); at the reply's end it
+  splits the prefill into new and lost tokens with a reason, into ``turns.jsonl``;
+* at the end, one event (and so one log line of ``kvtui proxy``) says what kvtui decided:
+  chat, character, identity source, generation type, slot, restored file, ``prompt_n`` and
+  ``cache_n``; the companion extension's status panel learns the last turn.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from kvtui.events import Kind
+from kvtui.proxy.identity import Identity
+from kvtui.recall import RecallEngine
+from kvtui.recall.hook import build_engine, inject
+from kvtui.service import KvService, RouteDecision, SaveOutcome
+from kvtui.slots import GenType
+from kvtui.warmth import TurnTicket, WarmthLedger
+from kvtui.warmth.bridge import begin_routed
+
+if TYPE_CHECKING:
+    from kvtui.proxy.companion import Companion
+    from kvtui.proxy.routing import Routed
+
+log = logging.getLogger("kvtui.proxy")
+
+
+class RouterExtras:
+    """Recall, the warmth ledger and the decision log of one proxy."""
+
+    def __init__(self, service: KvService, companion: Companion) -> None:
+        self.service = service
+        self.companion = companion
+        settings = service.settings
+        self.ledger = WarmthLedger(
+            settings.state_dir,
+            tokenize=service.tokenize,
+            on_error=self._accounting_error,
+        )
+        self.recall: RecallEngine | None = None
+        try:
+            self.recall = build_engine(settings, service.st_data)
+        except Exception as err:  # noqa: BLE001 - recall is optional; said once
+            service.events.error(Kind.ERROR, f"Recall is off: {err}")
+        self._decisions: dict[int, str] = {}
+
+    def _accounting_error(self, message: str) -> None:
+        self.service.events.error(Kind.ERROR, message)
+
+    async def aclose(self) -> None:
+        await self.ledger.aclose()
+
+    async def before_forward(
+        self,
+        body: dict[str, Any],
+        identity: Identity,
+        gen_type: GenType,
+        user: str | None,
+        client: object,
+    ) -> dict[str, Any]:
+        """The body with recall macros replaced (unchanged without them)."""
+        if self.recall is None:
+            return body
+        outcome = await inject(
+            self.recall,
+            body,
+            chat=identity.chat,
+            character=identity.character,
+            gen_type=gen_type,
+            user_name=user,
+            client=client if isinstance(client, Mapping) else None,
+        )
+        for warning in outcome.telemetry.warnings:
+            self.service.events.warning(Kind.ROUTE, warning)
+        return outcome.body
+
+    def begin(
+        self,
+        decision: RouteDecision | None,
+        identity: Identity,
+        gen_type: GenType,
+        slot: int | None,
+        prompt: str | None,
+        previous_prompt: str | None,
+    ) -> TurnTicket | None:
+        """Begin the turn's accounting; never raises (accounting must not block a request)."""
+        try:
+            return begin_routed(
+                self.ledger,
+                decision,
+                chat=identity.chat,
+                character=identity.character,
+                source=identity.source.value,
+                gen_type=gen_type.value,
+                prompt=prompt,
+                previous_prompt=previous_prompt,
+                slot=slot,
+                save_dir=self.service.settings.save_dir,
+            )
+        except Exception as err:  # noqa: BLE001 - logged, the request goes on
+            self.service.events.error(Kind.ERROR, f"Turn accounting failed: {err!r}")
+            return None
+
+    def finish(
+        self, routed: Routed, final: Mapping[str, Any] | None, saved: SaveOutcome | None
+    ) -> None:
+        """The reply ended: account for it and say, in one line, what kvtui decided."""
+        timings = final.get("timings") if final is not None else None
+        timings = timings if isinstance(timings, Mapping) else None
+        if routed.ticket is not None:
+            try:
+                self.ledger.finish(
+                    routed.ticket,
+                    timings,
+                    disk_write_bytes=saved.n_written if saved is not None else 0,
+                    disk_write_tokens=saved.n_saved if saved is not None else 0,
+                )
+            except Exception as err:  # noqa: BLE001 - logged
+                self.service.events.error(Kind.ERROR, f"Turn accounting failed: {err!r}")
+        identity = routed.identity
+        prompt_n = timings.get("prompt_n") if timings is not None else None
+        cache_n = timings.get("cache_n") if timings is not None else None
+        if isinstance(prompt_n, int) and isinstance(cache_n, int):
+            self.companion.note_turn(identity.chat, identity.character, prompt_n, cache_n)
+        restored = routed.ticket.decision.restored if routed.ticket is not None else None
+        parts = [
+            identity.describe(),
+            routed.gen_type.value,
+            f"slot {routed.slot}" if routed.slot is not None else "no slot",
+        ]
+        if restored:
+            parts.append(f"restored {restored}")
+        if isinstance(prompt_n, int) and isinstance(cache_n, int):
+            parts.append(f"{cache_n:,}/{cache_n + prompt_n:,} cached")
+        line = " · ".join(parts)
+        log.info("route %s", line)
+        self.service.events.info(Kind.ROUTE, line)

@@ -1,0 +1,29 @@
+"""Fixtures of the real-SillyTavern end-to-end test (``pytest -m e2e tests/e2e``).
+
+The e2e needs SillyTavern 1.19 in the cache (``.ci/sillytavern.sh``), node, Debian's chromium and
+the Python playwright package; without them its tests are skipped with the reason. It takes a few
+minutes, so it runs only when asked for: ``-m e2e`` (or ``KVTUI_E2E=1``); a plain ``pytest``
+skips it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "e2e: drives a real SillyTavern in headless Chromium (see tests/e2e)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    asked = "e2e" in (config.getoption("markexpr", "") or "") or os.environ.get("KVTUI_E2E") == "1"
+    if asked:
+        return
+    skip = pytest.mark.skip(reason="the SillyTavern e2e runs with -m e2e (or KVTUI_E2E=1)")
+    for item in items:
+        if item.get_closest_marker("e2e") is not None:
+            item.add_marker(skip)
