@@ -255,20 +255,26 @@ def _throughput(ctx: Context, direct_url: str, proxies: list[ProxyProcess], labe
     sides = [("direct", Wire(direct_url))] + [(p.name, Wire(p.url)) for p in proxies]
     for _, wire in sides:  # warm-up, and the prompt is cached for every side
         wire.post("/completion", dict(body, n_predict=16))
-    cpu_before = {p.name: p.cpu_seconds() for p in proxies}
+    # CPU is counted around each side's own streams only, so a proxy's idle background work
+    # (its 1 s poll, watchers) while the other sides stream is not charged to its tokens.
+    by_name = {p.name: p for p in proxies}
+    cpu = {p.name: 0.0 for p in proxies}
     rate: dict[str, list[float]] = {name: [] for name, _ in sides}
     server_rate: dict[str, list[float]] = {name: [] for name, _ in sides}
     tokens_seen: dict[str, int] = {name: 0 for name, _ in sides}
     for rep in range(reps):
         shift = rep % len(sides)
         for name, wire in sides[shift:] + sides[:shift]:
+            process = by_name.get(name)
+            before = process.cpu_seconds() if process else 0.0
             reply = wire.post("/completion", body)
+            if process is not None:
+                cpu[name] += process.cpu_seconds() - before
             final = last_sse_event(reply.body)
             tokens = int(final["timings"]["predicted_n"])
             tokens_seen[name] += tokens
             rate[name].append(tokens / reply.seconds)
             server_rate[name].append(float(final["timings"]["predicted_per_second"]))
-    cpu = {p.name: p.cpu_seconds() - cpu_before[p.name] for p in proxies}
     for _, wire in sides:
         wire.close()
     direct = median(rate["direct"])

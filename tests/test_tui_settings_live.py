@@ -40,8 +40,12 @@ async def change_server(pilot: Pilot[Any], app: KvtuiApp, url: str) -> None:
     await wait_until(pilot, lambda: isinstance(app.screen, SettingsScreen), "the settings form")
     app.screen.query_one("#field-server_url", Input).value = url
     await pilot.pause()
+    form = app.screen
+    assert isinstance(form, SettingsScreen)
     await pilot.press("ctrl+s")
-    await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), "the dashboard")
+    await wait_until(
+        pilot, lambda: isinstance(app.screen, DashboardScreen), f"the dashboard ({form.errors})"
+    )
     await app.workers.wait_for_complete()
     await wait_until(pilot, lambda: app.service.settings.server_url == url, "the new settings")
 

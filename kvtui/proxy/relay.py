@@ -113,9 +113,9 @@ class Relay:
                 async for chunk in upstream.aiter_raw():
                     if observer is not None:
                         observer.feed(chunk)
+                    # No extra yield per chunk: each read from llama-server awaits its socket,
+                    # so the disconnect watcher runs between tokens anyway.
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    # Let the server notice a client that went away before the next write.
-                    await asyncio.sleep(0)
             except httpx.HTTPError as err:
                 # Headers are gone already: end without completing, so the client sees a cut.
                 self.events.error(
