@@ -230,3 +230,6 @@ async def report_warmth(
             fewer >= 1.5,
         )
     )
+    bound = ram / ideal if ideal else float("inf")
+    note_text = "the most any cache reaches against direct on this session"
+    ctx.add(Figure(NAME, "direct with cache-ram / ideal", bound, "x", note=note_text))
