@@ -26,6 +26,7 @@ from kvtui.settings import Settings
 from kvtui.sillytavern import ChatIndex, SillyTavernData
 from kvtui.slots import SlotBook
 from kvtui.store import SaveStore
+from kvtui.store.extension import known_chats_from
 from kvtui.store.names import normalize
 
 
@@ -52,6 +53,15 @@ class ServiceCore:
         self.opened_chat: str | None = None
         """The chat SillyTavern last said it opened (companion extension), if any."""
         self.recorder = PromptRecorder(settings.prompts_dir)
+        if self.store is not None and self.st_data is not None:
+            # Saves written by the KV Cache Manager extension name chats and members in a
+            # collapsed ASCII form: map them back to SillyTavern's chats once, at start.
+            try:
+                self.store.set_known_chats(known_chats_from(self.st_data))
+            except (OSError, ValueError) as err:
+                self.events.warning(
+                    Kind.SAVE, f"Could not read SillyTavern's chats to name old saves: {err}"
+                )
         self.props: Props | None = None
         self.state = ConnectionState.UNKNOWN
         self.current_chat: str | None = None
