@@ -446,3 +446,27 @@ def test_eviction_never_touches_a_protected_slot(usages: list[int], protected: s
     open_usages = [u for s, u in enumerate(usages) if s not in protected]
     assert allocation.evicted.usage == min(open_usages)
     assert allocation.save_first == (allocation.evicted.usage >= 1)
+
+
+def test_a_book_of_another_server_or_a_vanished_save_dir_is_forgotten(tmp_path: Path) -> None:
+    from kvtui.events import Kind
+    from kvtui.service import KvService
+    from kvtui.settings import Settings
+
+    gone = tmp_path / "demo-saves"
+    gone.mkdir()
+    state = tmp_path / "state"
+    state.mkdir()
+    book = SlotBook(2)
+    book.assign(0, "chat", "Kael")
+    book.origin = ("http://127.0.0.1:9999", str(gone))
+    (state / "slots.json").write_text(book.to_json(), encoding="utf-8")
+    same = Settings(server_url="http://127.0.0.1:9999", save_dir=gone, state_dir=state)
+    assert KvService(same).book.find("chat", "Kael") == 0  # its own book is kept
+    gone.rmdir()
+    for cfg in (same, Settings(server_url="http://127.0.0.1:9998", state_dir=state)):
+        service = KvService(cfg)
+        assert service.book.find("chat", "Kael") is None
+        assert any(
+            e.kind is Kind.CONNECTION and "Forgot" in e.message for e in service.events.recent()
+        )

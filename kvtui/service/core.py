@@ -40,7 +40,7 @@ class ServiceCore:
         self.events = events or EventLog()
         self.client = client or new_client(settings)
         self.store: SaveStore | None = SaveStore(settings.save_dir) if settings.save_dir else None
-        self.book = SlotBook.load(settings.book_path)
+        self.book = self._own_book(SlotBook.load(settings.book_path))
         self.st_data: SillyTavernData | None = (
             SillyTavernData(settings.st_dir) if settings.st_dir else None
         )
@@ -71,6 +71,26 @@ class ServiceCore:
         """The book's and the recorded prompts' disk writes, off the event loop."""
         self._persisted: tuple[Path, int] | None = None
         self._queued: tuple[Path, int] | None = None
+
+    def _own_book(self, book: SlotBook) -> SlotBook:
+        """The book, or an empty one when it describes another server or a save directory that
+        is gone (a deleted demo's): its rows would be ghosts. Said once in the event log."""
+        settings = self.settings
+        here = (
+            settings.server_url.rstrip("/"),
+            str(settings.save_dir) if settings.save_dir else None,
+        )
+        origin = book.origin
+        stale = None
+        if origin is not None and origin[0] != here[0]:
+            stale = f"it describes another server ({origin[0]})"
+        elif origin is not None and origin[1] is not None and not Path(origin[1]).is_dir():
+            stale = f"its save directory {origin[1]} no longer exists"
+        if stale is not None and any(r.occupied for r in book.snapshot()):
+            self.events.warning(Kind.CONNECTION, f"Forgot the slot book's characters: {stale}.")
+            book = SlotBook(book.n_slots)
+        book.origin = here
+        return book
 
     def persist(self) -> None:
         """Write the slot book atomically and fsynced (it survives a crash or a restart).

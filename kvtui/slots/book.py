@@ -114,6 +114,8 @@ class SlotBook:
         self._records = [SlotRecord(slot=i) for i in range(n_slots)]
         self._clock = 0
         self._revision = 0
+        self.origin: tuple[str, str | None] | None = None
+        """The server URL and save directory this book describes (None in older books)."""
 
     # -- reading -------------------------------------------------------------------------
 
@@ -302,6 +304,7 @@ class SlotBook:
             "n_slots": self.n_slots,
             "clock": self._clock,
             "slots": records,
+            "origin": list(self.origin) if self.origin is not None else None,
         }
         # Compact: json's fast C encoder is only used without indent (this runs per request).
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
@@ -317,6 +320,9 @@ class SlotBook:
             raise ValueError("malformed slot book")
         book = cls(n_slots)
         book._clock = clock
+        origin = doc.get("origin")
+        if isinstance(origin, list) and len(origin) == 2:
+            book.origin = (str(origin[0]), str(origin[1]) if origin[1] is not None else None)
         for item in slots:
             record = _record_from_dict(item, n_slots)
             if record.occupied and record.chat is not None and record.character is not None:
