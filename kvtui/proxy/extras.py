@@ -12,13 +12,14 @@ and the one decision line per request.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from kvtui.events import Kind
 from kvtui.proxy.identity import Identity
-from kvtui.recall import RecallEngine
+from kvtui.recall import RecallEngine, RecallSettings
 from kvtui.recall.hook import build_engine, inject
 from kvtui.service import KvService, RouteDecision, SaveOutcome
 from kvtui.slots import GenType
@@ -50,6 +51,8 @@ class RouterExtras:
         except Exception as err:  # noqa: BLE001 - recall is optional; said once
             service.events.error(Kind.ERROR, f"Recall is off: {err}")
         self._seen = service.losses_seen
+        recall = RecallSettings.from_settings(settings)
+        self._macros = (recall.macro, recall.longterm_macro)
 
     def _accounting_error(self, message: str) -> None:
         self.service.events.error(Kind.ERROR, message)
@@ -66,8 +69,8 @@ class RouterExtras:
         client: object,
     ) -> dict[str, Any]:
         """The body with recall macros replaced (unchanged without them)."""
-        if self.recall is None:
-            return body
+        if self.recall is None or not self._has_macro(body):
+            return body  # nearly every request: no thread hop, no book read
         outcome = await inject(
             self.recall,
             body,
@@ -80,6 +83,18 @@ class RouterExtras:
         for warning in outcome.telemetry.warnings:
             self.service.events.warning(Kind.ROUTE, warning)
         return outcome.body
+
+    def _has_macro(self, body: Mapping[str, Any]) -> bool:
+        """Whether ``body`` holds a recall macro: the text is searched, nothing is parsed."""
+        names = self._macros
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            return any(name in prompt for name in names)
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            text = json.dumps(messages, ensure_ascii=False)
+            return any(name in text for name in names)
+        return False
 
     def begin(
         self,
