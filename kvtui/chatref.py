@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from kvtui.errors import KvtuiError
 from kvtui.store.names import normalize
 
 MAX_CANDIDATES = 8
@@ -31,7 +32,7 @@ class KnownChat:
     """The chat file's name (``<chat id>.jsonl``) when it is in the data directory."""
 
 
-class ChatRefError(ValueError):
+class ChatRefError(KvtuiError, ValueError):
     """The typed chat is unknown or ambiguous; the message lists the candidates."""
 
     def __init__(self, message: str, candidates: Sequence[str] = ()) -> None:

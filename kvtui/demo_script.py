@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from kvtui.atomic import write_atomic
+from kvtui.errors import KvtuiError
 from kvtui.sillytavern import ChatRef, SillyTavernData
 from kvtui.sillytavern.prompt import assemble_prompt
 
@@ -152,7 +153,7 @@ class StepResult:
     reply: str
 
 
-class DemoScriptError(Exception):
+class DemoScriptError(KvtuiError):
     """A step could not be played (the message says why)."""
 
 

@@ -23,15 +23,11 @@ from kvtui.llama import (
     SlotActionsDisabled,
     SlotsEndpointDisabled,
 )
+from kvtui.llama.errors import START_HINT
 from kvtui.llama.models import Props, SlotState
 from kvtui.settings import Settings
 from kvtui.store.names import private_name
 from kvtui.store.saving import PROBE
-
-START_HINT = (
-    "llama-server -m MODEL.gguf -c CONTEXT -np SLOTS --no-kv-unified --slot-save-path DIR "
-    "--port 8080"
-)
 
 
 class Status(StrEnum):

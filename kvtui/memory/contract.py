@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from kvtui.errors import KvtuiError
+
 
 class ReplyCode(StrEnum):
     NO_JSON_BLOCK = "NO_JSON_BLOCK"
@@ -64,14 +66,13 @@ _HINTS = {
 }
 
 
-class MemoryReplyError(ValueError):
+class MemoryReplyError(KvtuiError, ValueError):
     """A reply that is not a valid memory; ``code`` is one of :class:`ReplyCode`."""
 
     def __init__(self, code: ReplyCode, detail: str) -> None:
         self.code = code
         self.detail = detail
-        self.hint = _HINTS[code]
-        super().__init__(f"{code.value}: {detail} {self.hint}")
+        super().__init__(f"{code.value}: {detail}", _HINTS[code])
 
 
 @dataclass(frozen=True)

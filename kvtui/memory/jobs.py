@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kvtui.errors import KvtuiError
 from kvtui.llama.client import LlamaClient
 from kvtui.llama.errors import LlamaError
 from kvtui.llama.models import SlotState, Timings
@@ -36,7 +37,7 @@ from kvtui.memory.settings import MemorySettings
 from kvtui.store.names import private_name
 
 
-class JobError(Exception):
+class JobError(KvtuiError):
     """A job that could not run or could not leave the slots as they were; says what to do."""
 
 
@@ -191,7 +192,7 @@ class JobRunner:
         report("tokenizing", "Counting the prompt's tokens")
         budget = await self.budget(prompt, n_predict)
         if not budget.fits:
-            raise PromptTooLarge(budget.warning)
+            raise PromptTooLarge(budget.warning or "The prompt does not fit the slot's context.")
         body: dict[str, Any] = {"temperature": self.settings.memory_temperature}
         if json_schema is not None:
             body["json_schema"] = json_schema

@@ -17,9 +17,10 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from kvtui.atomic import write_atomic
+from kvtui.errors import KvtuiError
 
 
-class LibraryError(ValueError):
+class LibraryError(KvtuiError, ValueError):
     """A template operation that cannot be done; the message says what to do."""
 
 

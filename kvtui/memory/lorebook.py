@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kvtui.atomic import write_atomic
+from kvtui.errors import KvtuiError
 from kvtui.memory.contract import Memory
 from kvtui.memory.settings import EntryMode, MemorySettings, OrderMode
 
@@ -76,7 +77,7 @@ _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]')
 _NUMBER = re.compile(r"\[(0+)\]|\((0+)\)|\{(0+)\}|#(0+)")
 
 
-class BookError(Exception):
+class BookError(KvtuiError):
     """A lorebook kvtui may not or cannot write; the message says what to do."""
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from kvtui.errors import KvtuiError
 from kvtui.memory.contract import (
     Memory,
     MemoryReplyError,
@@ -31,7 +32,7 @@ class PreviewState(StrEnum):
     CANCELLED = "cancelled"
 
 
-class PreviewError(RuntimeError):
+class PreviewError(KvtuiError, RuntimeError):
     """An action the preview's state does not allow."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from kvtui.errors import KvtuiError
 from kvtui.memory.contract import Memory
 from kvtui.memory.library import TemplateLibrary
 from kvtui.memory.scene import Scene
@@ -94,7 +95,7 @@ def resolve_macros(text: str, user: str, char: str) -> str:
     return re.sub(r"\{\{\s*char\s*\}\}", lambda _: char, text, flags=re.I)
 
 
-class RegexError(ValueError):
+class RegexError(KvtuiError, ValueError):
     """An outgoing regex that does not compile."""
 
 

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from kvtui.atomic import write_atomic
+from kvtui.errors import KvtuiError
 from kvtui.sillytavern import Chat, Message
 
 
-class SceneError(ValueError):
+class SceneError(KvtuiError, ValueError):
     """A scene that cannot be made; the message says what to change."""
 
 

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from kvtui.errors import KvtuiError
 from kvtui.settings import Settings
 
 EXTENSION_NAME = "kvtui"
@@ -27,7 +28,7 @@ FILES = ("manifest.json", "index.js", "style.css")
 DEFAULT_USER = "default-user"
 
 
-class InstallError(Exception):
+class InstallError(KvtuiError):
     """The extension could not be installed or removed (the message says why and what to do)."""
 
 

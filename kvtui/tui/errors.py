@@ -12,11 +12,11 @@ import traceback
 from textual.app import App
 from textual.worker import Worker
 
-from kvtui.llama import LlamaError
-from kvtui.service import ServiceError
+from kvtui.errors import KvtuiError
 from kvtui.tui.screens.error import ErrorModal
 
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ServiceError, LlamaError, OSError, ValueError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (KvtuiError, OSError)
+"""Failures kvtui expects (each says what to do): a toast. Anything else is a bug: its traceback."""
 """Errors whose message is the whole story (they say what to do)."""
 
 
