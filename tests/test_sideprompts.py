@@ -139,3 +139,37 @@ def test_templates_file_is_plain_json(tmp_path: Path) -> None:
     library.add(tiny("Mine"))
     data = json.loads(library.path.read_text(encoding="utf-8"))
     assert [i["name"] for i in data["items"]][-1] == "Mine"
+
+
+def test_cli_manages_templates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import kvtui.sideprompts.cli  # noqa: F401 - registers ``kvtui sideprompt``
+    from kvtui.cli import main
+
+    monkeypatch.setenv("KVTUI_CONFIG", str(tmp_path / "config.toml"))
+    state = ["--state-dir", str(tmp_path / "state")]
+    out = tmp_path / "export.json"
+
+    def run(*argv: str) -> int:
+        return main(["sideprompt", *argv, *state])
+
+    assert run("add", "Mine", "--prompt", "Track it.", "--interval", "5", "--mode", "blue") == 0
+    assert run("export", "-o", str(out)) == 0
+    assert run("import", str(out)) == 0
+    assert "Imported 5" in capsys.readouterr().out
+    assert run("disable", "Mine") == 0
+    assert run("edit", "Mine (2)", "--interval", "off", "--manual", "off") == 0
+    assert run("list") == 0
+    listing = capsys.readouterr().out
+    assert "[off] Mine: every 5, manual" in listing
+    assert "[on ] Mine (2): no triggers" in listing
+    assert run("recreate-builtins") == 0
+    library = template_library(tmp_path / "state")
+    mine = library.get("Mine")
+    assert mine.lore.mode is LoreMode.BLUE and mine.triggers.interval == 5
+    capsys.readouterr()
+    assert run("show", "Nope") == 1
+    assert 'No side prompt named "Nope"' in capsys.readouterr().err
+    assert run("Mine") == 2  # no --chat
+    assert "--chat" in capsys.readouterr().err

@@ -238,7 +238,7 @@ async def test_no_character_loses_cache_to_a_batch_of_four(
         await client.erase(slot)
     firsts = {slot: (await turn(client, slot, prompt))[0] for slot, prompt in prompts.items()}
     outcomes = await service.run_after_memory(CHAT, 0, 5)
-    assert [o.status for o in outcomes] == ["saved"] * 4, [o.message for o in outcomes]
+    assert [o.status for o in outcomes] == ["saved"] * 4, "\n".join(o.message for o in outcomes)
     assert {o.mode for o in outcomes} == {mode}
     if mode == "utility":
         assert {o.slot for o in outcomes} == {3}

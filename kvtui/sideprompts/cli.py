@@ -272,7 +272,7 @@ def _report(outcome: SideOutcome, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(outcome.__dict__, indent=2, ensure_ascii=False))
     elif outcome.status == "saved":
-        print(outcome.message)
+        print(f"{outcome.message} {outcome.hint}")
     elif outcome.status == "cancelled":
         print("Nothing was saved" + ("" if args.yes else " (rerun with --yes to save)") + ".")
     else:

@@ -22,7 +22,14 @@ from kvtui.llama.errors import LlamaError
 from kvtui.memory.contract import Memory
 from kvtui.memory.jobs import JobError, JobRunner, OnProgress
 from kvtui.memory.library import LibraryError
-from kvtui.memory.lorebook import BookError, Lorebook, book_file_name, book_name, worlds_dir
+from kvtui.memory.lorebook import (
+    BookError,
+    Lorebook,
+    binding_hint,
+    book_file_name,
+    book_name,
+    worlds_dir,
+)
 from kvtui.memory.preview import PreviewError, PreviewState
 from kvtui.memory.prompt import RegexError
 from kvtui.memory.scene import (
@@ -88,6 +95,8 @@ class SideOutcome:
     message: str = ""
     slot: int | None = None
     mode: str = ""
+    hint: str = ""
+    """How to bind the book to the chat in SillyTavern (for a saved run)."""
 
     @property
     def ok(self) -> bool:
@@ -117,6 +126,7 @@ class SidePromptService:
         self.checkpoints = CheckpointStore(sideprompt_dir(state_dir) / "checkpoints.json")
         self.progress = ProgressStore(memory_dir(state_dir) / "progress.json")
         self.worlds = worlds or worlds_dir(st_data.user_dir)
+        self.in_st = self.worlds == worlds_dir(st_data.user_dir)
         self.concurrency = max(1, concurrency)
         self.window = max(1, window)
         self._jobs = asyncio.Lock()
@@ -265,7 +275,7 @@ class SidePromptService:
     def advance(self, run: SideRun) -> None:
         chat_id, key = run.ref.chat_id, run.template.key
         previous = self.checkpoints.get(chat_id, key)
-        self.checkpoints.set(chat_id, key, max(run.scene.end, previous if previous else -1))
+        self.checkpoints.set(chat_id, key, max(run.scene.end, -1 if previous is None else previous))
 
     async def execute(
         self,
@@ -304,6 +314,7 @@ class SidePromptService:
             slot=preview.slot,
             mode=preview.mode,
             message=f'Updated "{run.template.title}" in {run.book_name}.',
+            hint=binding_hint(run.book_name, run.book_path, in_st=self.in_st),
         )
 
     # -- triggers ----------------------------------------------------------------------------
