@@ -173,3 +173,23 @@ def test_cli_manages_templates(
     assert 'No side prompt named "Nope"' in capsys.readouterr().err
     assert run("Mine") == 2  # no --chat
     assert "--chat" in capsys.readouterr().err
+
+
+async def test_concurrent_saves_into_one_book_lose_nothing(tmp_path: Path) -> None:
+    import asyncio
+
+    st_dir = copy_sample(tmp_path / "st")
+    service = make_service(LlamaClient("http://127.0.0.1:9"), st_dir, tmp_path / "state")
+    runs = [service.plan(tiny(f"T{n}"), CHAT, "0-5") for n in range(12)]
+
+    async def save(n: int) -> None:
+        preview = TextPreview()
+        preview.offer(f"state {n}")
+        preview.accept()
+        await service.save(runs[n], preview)
+
+    await asyncio.gather(*(save(n) for n in range(12)))
+    book = json.loads(runs[0].book_path.read_text(encoding="utf-8"))
+    contents = sorted(e["content"] for e in book["entries"].values())
+    assert contents == sorted(f"state {n}" for n in range(12))
+    assert sorted(e["uid"] for e in book["entries"].values()) == list(range(12))

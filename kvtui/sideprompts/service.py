@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kvtui.llama.errors import LlamaError
+from kvtui.llama.errors import LlamaError, ServerUnreachable
 from kvtui.memory.contract import Memory
 from kvtui.memory.jobs import JobError, JobRunner, OnProgress
 from kvtui.memory.library import LibraryError
@@ -61,6 +62,16 @@ FAILURES = (
     PreviewError,
     OSError,
 )
+
+
+_BOOK_LOCKS: dict[Path, threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def _book_lock(path: Path) -> threading.Lock:
+    """One lock per book file, so concurrent upserts never lose each other's entries."""
+    with _LOCKS_LOCK:
+        return _BOOK_LOCKS.setdefault(path.resolve(), threading.Lock())
 
 
 class SidePromptRefused(SceneError):
@@ -244,11 +255,21 @@ class SidePromptService:
     async def regenerate(
         self, run: SideRun, preview: TextPreview, on_progress: OnProgress | None = None
     ) -> None:
-        """Fill ``preview`` (``WAITING``) with a new reply; one job at a time per service."""
+        """Fill ``preview`` (``WAITING``) with a new reply; one job at a time per service.
+
+        A connection that broke before any answer (a kept-alive connection the server had just
+        closed) is retried once; the runner has put the slots back by then.
+        """
         async with self._jobs, self._runner(run.template) as runner:
-            result = await runner.run(
-                run.prompt.text, n_predict=run.template.n_predict, on_progress=on_progress
-            )
+            for attempt in (1, 2):
+                try:
+                    result = await runner.run(
+                        run.prompt.text, n_predict=run.template.n_predict, on_progress=on_progress
+                    )
+                    break
+                except ServerUnreachable as err:
+                    if attempt == 2 or "broke during" not in str(err):
+                        raise
         preview.offer(result.content, truncated=result.truncated or result.stop_type == "limit")
         preview.slot, preview.mode = result.slot, result.mode
 
@@ -260,6 +281,10 @@ class SidePromptService:
         return await asyncio.to_thread(self._save, run, text)
 
     def _save(self, run: SideRun, text: str) -> dict[str, object]:
+        with _book_lock(run.book_path):  # a batch's saves re-read and replace the same file
+            return self._upsert(run, text)
+
+    def _upsert(self, run: SideRun, text: str) -> dict[str, object]:
         book = Lorebook.open(run.book_path, run.ref.chat_id)
         entry = book.upsert_by_title(
             run.template.title,
