@@ -118,8 +118,8 @@ async def test_interval_fires_exactly_at_the_threshold_once(
     for n in range(1, 8):
         newest = add_messages(st_dir, 1)
         add_messages(st_dir, 1, system=True)  # hidden messages do not count
-        await trigger.observe(CHAT)
-        await trigger.observe(CHAT)  # a second look while pending schedules nothing more
+        assert await trigger.observe(CHAT) == (1 if n in (3, 6) else 0)
+        assert await trigger.observe(CHAT) == 0  # a second look while pending adds nothing
         await trigger.drain()
         if len(trigger.outcomes) > len(fired_at):
             fired_at.append(n)
@@ -247,3 +247,34 @@ async def test_no_character_loses_cache_to_a_batch_of_four(
         _, with_jobs = await turn(client, slot, follow_up)
         assert baseline[slot] >= len(await client.tokenize(prompt))
         assert with_jobs == baseline[slot], (slot, with_jobs, baseline[slot])
+
+
+async def test_after_memory_follows_a_real_memory_save(
+    client: LlamaClient, st_dir: Path, tmp_path: Path
+) -> None:
+    """What the memory workflow does: save a memory, then ``run_after_memory`` on its scene."""
+    from kvtui.memory.jobs import JobRunner
+    from kvtui.memory.prompt import Preset
+    from kvtui.memory.workflow import MemoryWorkflow
+    from kvtui.sillytavern import SillyTavernData
+
+    small = MemorySettings(memory_slot=3, memory_n_predict=450, memory_max_title_chars=30,
+                           memory_max_content_chars=120, memory_max_keywords=4)  # fmt: skip
+    state = tmp_path / "state"
+    flow = MemoryWorkflow(SillyTavernData(st_dir), state, small, JobRunner(client, small))
+    flow.presets.add(Preset(name="Tiny", prompt="Write a memory of the scene below as JSON."))
+    service = make_service(client, st_dir, state)
+    only(service, tiny("Plots", after_memory=True).model_copy(update={"previous_memories": 2}))
+    for span in ("0-2", "3-5"):
+        plan = flow.plan(CHAT, span, "Tiny")
+        preview = await flow.generate(plan)
+        preview.accept()
+        saved = await flow.save(plan, preview)
+        outcomes = await service.run_after_memory(CHAT, plan.scene.start, plan.scene.end)
+        assert [(o.template, o.status) for o in outcomes] == [("Plots", "saved")]
+        run = service.plan("Plots", CHAT, span=(plan.scene.start, plan.scene.end))
+        assert saved.stored.memory.content not in run.prompt.text  # the scene, not context
+    entries = [e for e in book(service).entries.values()]
+    assert sorted(e["kvtui_kind"] for e in entries) == ["memory", "memory", "sideprompt"]
+    last = service.plan("Plots", CHAT, span=(4, 5))
+    assert book(service).memories()[0].memory.content in last.prompt.text  # earlier memory
