@@ -193,3 +193,30 @@ async def test_concurrent_saves_into_one_book_lose_nothing(tmp_path: Path) -> No
     contents = sorted(e["content"] for e in book["entries"].values())
     assert contents == sorted(f"state {n}" for n in range(12))
     assert sorted(e["uid"] for e in book["entries"].values()) == list(range(12))
+
+
+def test_service_and_trigger_from_settings(tmp_path: Path) -> None:
+    from kvtui.memory.jobs import JobRunner
+    from kvtui.settings import Settings
+    from kvtui.sideprompts.interval import IntervalTrigger
+    from kvtui.sideprompts.service import SidePromptService
+    from kvtui.sideprompts.settings import SidePromptSettings
+
+    st_dir = copy_sample(tmp_path / "st")
+    settings = Settings(
+        st_dir=st_dir,
+        state_dir=tmp_path / "state",
+        sideprompt_window=7,
+        sideprompt_concurrency=3,
+        memory_slot=2,
+    )
+    client = LlamaClient("http://127.0.0.1:9")
+    service = SidePromptService.from_settings(settings, JobRunner(client))
+    assert (service.window, service.concurrency, service.settings.memory_slot) == (7, 3, 2)
+    assert service.library.names()[0] == "Plot points"
+    assert IntervalTrigger.from_settings(service, settings).service is service
+    assert SidePromptSettings.from_settings(settings).sideprompt_debounce_s == 10.0
+    with pytest.raises(ValueError):
+        SidePromptSettings(sideprompt_concurrency=0)
+    with pytest.raises(SceneError, match="set st_dir"):
+        SidePromptService.from_settings(Settings(state_dir=tmp_path), JobRunner(client))

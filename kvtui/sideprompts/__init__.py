@@ -18,6 +18,7 @@ from kvtui.sideprompts.service import (
     SidePromptService,
     SideRun,
 )
+from kvtui.sideprompts.settings import SidePromptSettings
 from kvtui.sideprompts.templates import (
     LoreMode,
     LoreSettings,
@@ -37,6 +38,7 @@ __all__ = [
     "SidePrompt",
     "SidePromptRefused",
     "SidePromptService",
+    "SidePromptSettings",
     "SideRun",
     "TextPreview",
     "Triggers",

@@ -217,13 +217,11 @@ async def run_headless(
     """One manual run with a real client; what ``kvtui sideprompt NAME [X-Y]`` does."""
     from kvtui.llama.client import LlamaClient
     from kvtui.memory.jobs import JobRunner
-    from kvtui.sillytavern import SillyTavernData
 
     assert settings.st_dir is not None
     client = LlamaClient(settings.server_url, api_key=settings.api_key, save_dir=settings.save_dir)
     async with client, JobRunner(client, ms) as runner:
-        service = SidePromptService(SillyTavernData(settings.st_dir), settings.state_dir, ms,
-                                    runner)  # fmt: skip
+        service = SidePromptService.from_settings(settings, runner)
         interactive = not args.yes and sys.stdin.isatty()
 
         async def decide(run: SideRun, preview: TextPreview) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from kvtui.sideprompts.service import FAILURES, Decide, SideOutcome, SidePromptService
 from kvtui.sideprompts.templates import SidePrompt
@@ -43,6 +44,20 @@ class IntervalTrigger:
         self.on_outcome = on_outcome
         self.outcomes: list[SideOutcome] = []
         self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    @classmethod
+    def from_settings(
+        cls, service: SidePromptService, settings: Any, **kwargs: Any
+    ) -> IntervalTrigger:
+        """A trigger debounced by ``sideprompt_debounce_s`` of a ``Settings``."""
+        from kvtui.sideprompts.settings import SidePromptSettings
+
+        seconds = SidePromptSettings.from_settings(settings).sideprompt_debounce_s
+
+        async def wait() -> None:
+            await asyncio.sleep(seconds)
+
+        return cls(service, debounce=wait, **kwargs)
 
     def templates(self) -> list[SidePrompt]:
         return [t for t in self.service.library.all() if t.enabled and t.triggers.interval]

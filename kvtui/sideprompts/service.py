@@ -18,6 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from kvtui.llama.errors import LlamaError, ServerUnreachable
 from kvtui.memory.contract import Memory
@@ -141,6 +142,28 @@ class SidePromptService:
         self.concurrency = max(1, concurrency)
         self.window = max(1, window)
         self._jobs = asyncio.Lock()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, runner: JobRunner, st_data: SillyTavernData | None = None
+    ) -> SidePromptService:
+        """The service for a ``kvtui.settings.Settings`` (``st_dir`` must be set) and the
+        memory job runner (the one with the service's routing gate and ``busy``)."""
+        from kvtui.sideprompts.settings import SidePromptSettings
+
+        if st_data is None:
+            if settings.st_dir is None:
+                raise SceneError("Side prompts read SillyTavern chats: set st_dir (or --st-dir).")
+            st_data = SillyTavernData(settings.st_dir)
+        sp = SidePromptSettings.from_settings(settings)
+        return cls(
+            st_data,
+            settings.state_dir,
+            MemorySettings.from_settings(settings),
+            runner,
+            concurrency=sp.sideprompt_concurrency,
+            window=sp.sideprompt_window,
+        )
 
     # -- reading -----------------------------------------------------------------------------
 
