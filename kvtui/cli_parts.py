@@ -1,4 +1,5 @@
-"""Subcommands that live with their parts: ``memory``, ``stats``, ``sillytavern``.
+"""Subcommands that live with their parts: ``memory``, ``stats``, ``sillytavern`` (and
+``sideprompt``, which registers itself).
 
 Each part defines its own parser (``add_*_parser(subparsers)``) and runner; this module
 registers them with :func:`kvtui.cli.command` like the built-in commands.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import kvtui.sideprompts.cli  # noqa: F401 - registers ``kvtui sideprompt``
 from kvtui.cli import command
 from kvtui.memory.cli import add_memory_parser, run_memory
 from kvtui.settings import Settings

@@ -24,6 +24,11 @@ SERVICE_MODULES = [
     "kvtui.proxy.routing",
     "kvtui.proxy.run",
     "kvtui.embedded.server",
+    "kvtui.memory.cli",
+    "kvtui.recall.hook",
+    "kvtui.warmth.cli",
+    "kvtui.sideprompts.cli",
+    "kvtui.proxy.extras",
 ]
 
 

@@ -50,6 +50,9 @@ ACTIONS = [
     _binding(
         "m", "memory", "Memory", "Make a scene memory of a chat into its lorebook.", show=False
     ),
+    _binding(
+        "o", "sideprompts", "Side prompts", "Trackers kept in the chat's lorebook.", show=False
+    ),
     # Off the footer at 80 columns; in the help (?), the palette (ctrl+p) and the log's hint.
     _binding(
         "c", "assign", "Assign", "Assign a chat and character to the selected slot.", show=False
@@ -219,6 +222,27 @@ class DashboardScreen(LiveScreen):
 
     def action_prewarm(self) -> None:
         self.app.push_screen(PrewarmScreen(self.service))
+
+    def action_sideprompts(self) -> None:
+        from kvtui.memory.jobs import JobRunner
+        from kvtui.memory.settings import MemorySettings
+        from kvtui.sideprompts.service import SidePromptService
+        from kvtui.sideprompts.settings import SidePromptSettings
+        from kvtui.tui.screens.sideprompts import SidePromptsScreen
+
+        settings = self.service.settings
+        if settings.st_dir is None:
+            self.notify("Side prompts read SillyTavern chats: set st_dir in the settings.")
+            return
+        runner = JobRunner(
+            self.service.client,
+            MemorySettings.from_settings(settings),
+            gate=self.service.job_gate(),
+        )
+        sp = SidePromptService.from_settings(settings, runner, self.service.st_data)
+        previews = SidePromptSettings.from_settings(settings).sideprompt_previews
+        chat = self.service.current_chat
+        self.app.push_screen(SidePromptsScreen(sp, chat=chat, previews=previews))
 
     def action_memory(self) -> None:
         from kvtui.tui.screens.memory import MemoryScreen
