@@ -228,3 +228,24 @@ async def test_the_book_is_on_disk_once_the_service_is_closed(
     async with KvService(settings) as service:
         await service.assign(1, "chat", "Kael")
     assert SlotBook.load(settings.book_path).find("chat", "Kael") == 1
+
+
+async def test_save_now_twice_writes_no_duplicate(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """An unchanged slot is not saved again ("save now" twice, a switch after an autosave)."""
+    settings = settings_for(clean_server, tmp_path)
+    async with KvService(settings) as service:
+        await service.refresh()
+        await fill_and_save(service)
+        store = service.require_store()
+        before = sorted(e.filename for e in store.entries())
+        again = await service.save_all()
+        assert again.done and all(o.unchanged for o in again.done)
+        assert sorted(e.filename for e in store.entries()) == before
+        slot = service.book.find("chat", "Seraphina")
+        assert slot is not None
+        await service.complete("Alex: and now?\nSeraphina:", slot=slot, n_predict=2)
+        changed = await service.save_slot(slot)
+        assert not changed.unchanged
+        assert len(store.entries()) == len(before) + 1
