@@ -42,6 +42,21 @@ def _sillytavern_args(p: argparse.ArgumentParser) -> None:
 
 @command("memory", "make a scene memory of a SillyTavern chat into its lorebook", _memory_args)
 def memory(settings: Settings, args: argparse.Namespace) -> int:
+    if getattr(args, "chat", None) and settings.st_dir is not None:
+        # --chat takes the chat id, the group's title or the chat file name, like every command.
+        from kvtui.chatref import ChatRefError, KnownChat, resolve_chat
+        from kvtui.cli import EXIT_USAGE, warn
+        from kvtui.sillytavern import SillyTavernData
+
+        known = [
+            KnownChat(ref.chat_id, ref.display_name, ref.path.name)
+            for ref in SillyTavernData(settings.st_dir).chats()
+        ]
+        try:
+            args.chat = resolve_chat(args.chat, known)
+        except ChatRefError as err:
+            warn(str(err))
+            return EXIT_USAGE
     return run_memory(args, settings)
 
 
