@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from kvtui.events import Kind
-from kvtui.llama import LlamaError
 from kvtui.service.core import ServiceCore
 from kvtui.service.loads import Loads
 from kvtui.service.outcomes import LoadOutcome, RouteDecision, SaveOutcome
@@ -143,23 +142,28 @@ class Automatic:
                 unsaved.add(record.slot)
         props = await core.ensure_props()
         core.slot_clears += 1
+        # The slots are released, not erased: what they hold is saved (or was never used), and
+        # the new chat's characters reuse the prefix it shares with their prompts (their cards)
+        # instead of prefilling it again. A slot whose save failed keeps its character.
         free: list[int] = []
         for slot in range(props.total_slots):
             if slot in unsaved:
-                continue  # never erase work that could not be saved
-            try:
-                await core.client.erase(slot)
-            except LlamaError as err:
-                core.events.error(Kind.CHAT_SWITCH, f"Could not erase slot {slot}: {err}")
+                continue
             core.book.release(slot)
             free.append(slot)
-        for slot, character in zip(free, characters, strict=False):
+        held = core.book.last_held
+        for character in characters:
+            if not free:
+                break
+            own = [s for s in free if held.get(s) == character]
+            slot = own[0] if own else free[0]
+            free.remove(slot)
             core.book.assign(slot, chat, character)
         core.persist()
-        placed = min(len(characters), len(free))
+        placed = sum(1 for r in core.book.snapshot() if r.chat == chat)
         core.events.info(
             Kind.CHAT_SWITCH,
             f"Chat switch {previous or '(none)'} → {chat}: saved {len(saved)}, "
-            f"cleared {len(free)} slots, placed {placed}.",
+            f"released {props.total_slots - len(unsaved)} slots, placed {placed}.",
         )
         return saved

@@ -114,6 +114,8 @@ class SlotBook:
         self._records = [SlotRecord(slot=i) for i in range(n_slots)]
         self._clock = 0
         self._revision = 0
+        self.last_held: dict[int, str] = {}
+        """Who each released slot held last (its cache is still on the server, not erased)."""
         self.origin: tuple[str, str | None] | None = None
         """The server URL and save directory this book describes (None in older books)."""
 
@@ -165,6 +167,9 @@ class SlotBook:
         candidates = [r for r in self._records if r.slot not in guarded]
         free = [r for r in candidates if not r.occupied]
         if free:
+            # The free slot this character last held first: what it still holds of the
+            # character's card is a prefix the server reuses for nothing.
+            free.sort(key=lambda r: (self.last_held.get(r.slot) != character, r.slot))
             self.assign(free[0].slot, chat, character)
             return Allocation(slot=free[0].slot, resident=False)
         if not candidates:
@@ -207,6 +212,8 @@ class SlotBook:
 
     def release(self, slot: int) -> None:
         self._check(slot)
+        if self._records[slot].character is not None:
+            self.last_held[slot] = self._records[slot].character or ""
         self._records[slot] = SlotRecord(slot=slot)
         self._revision += 1
 
