@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     """Show toast notifications for saves, loads, rotations and errors."""
 
     clear_on_chat_switch: bool = True
-    """On a chat switch, save every character used at least once, then clear all slots."""
+    """On a chat switch, save every character used at least once, then release all slots."""
 
     prewarm_timeout_minutes: float = Field(default=20.0, gt=0, le=24 * 60)
     """Longest time to warm one character before it is marked failed."""

@@ -118,7 +118,7 @@ class Automatic:
             return None
 
     async def switch_chat(self, chat: str, characters: Sequence[str] = ()) -> list[SaveOutcome]:
-        """The seed's chat switch: save used characters, clear all slots, place the new chat's.
+        """The seed's chat switch: save used characters, release all slots, place the new chat's.
 
         With ``clear_on_chat_switch`` off only the current chat changes. A character whose
         save fails keeps its slot (work that could not be saved is never erased).

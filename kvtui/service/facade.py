@@ -360,7 +360,7 @@ class KvService:
             )
 
     async def switch_chat(self, chat: str, characters: Sequence[str] = ()) -> list[SaveOutcome]:
-        """The seed's chat switch: save used characters, clear all slots, place the new chat's."""
+        """The seed's chat switch: save used characters, release all slots, place the new chat's."""
         async with self._core.lock:
             return await self._automatic.switch_chat(chat, characters)
 
