@@ -259,6 +259,7 @@ async def test_after_memory_follows_a_real_memory_save(
     from kvtui.sillytavern import SillyTavernData
 
     small = MemorySettings(memory_slot=3, memory_n_predict=450, memory_max_title_chars=30,
+                           memory_previous=0,
                            memory_max_content_chars=120, memory_max_keywords=4)  # fmt: skip
     state = tmp_path / "state"
     flow = MemoryWorkflow(SillyTavernData(st_dir), state, small, JobRunner(client, small))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from playwright.sync_api import BrowserContext, Page, Playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.e2e.stack import Stack
 
@@ -186,21 +187,31 @@ class StPage:
     @_timed
     def open_character(self, avatar: str) -> str:
         """Click a character in the list; returns the chat id SillyTavern opened."""
-        self._show_characters()
         before = self.context()["chatId"]
-        self.page.click(
-            f"#rm_print_characters_block .character_select:has(img[src*='file={avatar}'])"
-        )
-        return str(
-            self.page.wait_for_function(
-                """([avatar, before]) => { const c = SillyTavern.getContext();
-                  const ch = c.characters[c.characterId];
-                  return !c.groupId && ch && ch.avatar === avatar && c.chatId
-                    && (c.chatId !== before || true) && document.querySelector('#chat .mes')
-                    ? c.chatId : null; }""",
-                arg=[avatar, before],
-            ).json_value()
-        )
+        # The character list can still re-render right after it appears, so a click may land
+        # on a neighbour (seen: Brann opened instead of Seraphina). Click again until the
+        # character SillyTavern opened is the one asked for.
+        for attempt in range(4):
+            self._show_characters()
+            self.page.click(
+                f"#rm_print_characters_block .character_select:has(img[src*='file={avatar}'])"
+            )
+            try:
+                return str(
+                    self.page.wait_for_function(
+                        """([avatar, before]) => { const c = SillyTavern.getContext();
+                          const ch = c.characters[c.characterId];
+                          return !c.groupId && ch && ch.avatar === avatar && c.chatId
+                            && (c.chatId !== before || true) && document.querySelector('#chat .mes')
+                            ? c.chatId : null; }""",
+                        arg=[avatar, before],
+                        timeout=30_000 if attempt < 3 else 120_000,
+                    ).json_value()
+                )
+            except PlaywrightTimeout:
+                if attempt == 3:
+                    raise
+        raise AssertionError("unreachable")
 
     @_timed
     def open_group(self, group_id: str) -> str:
