@@ -9,7 +9,7 @@ sharing one ``core``. ``outcomes`` holds the frozen data they hand back.
 
 from __future__ import annotations
 
-from kvtui.service.facade import KvService, repair_save_dir
+from kvtui.service.facade import KvService
 from kvtui.service.outcomes import (
     BatchResult,
     ChatContext,
@@ -23,6 +23,7 @@ from kvtui.service.outcomes import (
     Snapshot,
 )
 from kvtui.service.prompts import PromptRecorder, RecordedPrompt
+from kvtui.service.saves import repair_save_dir
 
 __all__ = [
     "BatchResult",

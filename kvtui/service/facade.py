@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from kvtui.events import EventLog, Kind
+from kvtui.events import EventLog
 from kvtui.llama import CompletionResult, LlamaClient
 from kvtui.llama.models import Props, SlotState
 from kvtui.service.automatic import Automatic
@@ -36,13 +36,12 @@ from kvtui.service.outcomes import (
     Snapshot,
 )
 from kvtui.service.prompts import PromptRecorder, RecordedPrompt
-from kvtui.service.saves import Saves
+from kvtui.service.saves import Saves, repair_save_dir
 from kvtui.service.slot_actions import SlotActions
 from kvtui.settings import Settings
-from kvtui.sillytavern import ChatIndex, ChatRef, SillyTavernData
+from kvtui.sillytavern import ChatIndex, SillyTavernData
 from kvtui.slots import GenType, SlotBook
 from kvtui.store import SaveStore
-from kvtui.store.errors import StoreError
 
 
 class KvService:
@@ -243,18 +242,12 @@ class KvService:
             self._core.opened_chat = chat_id
         follower = self._follower()
         if follower is not None:
-            ref = await asyncio.to_thread(self._find_chat, chat_id)
+            ref = await asyncio.to_thread(follower.st_data.find_chat, chat_id)
             if ref is not None:
                 await follower.ensure(ref)
                 return
         if self._core.current_chat != chat_id:
             await self.switch_chat(chat_id)
-
-    def _find_chat(self, chat_id: str) -> ChatRef | None:
-        st_data = self._core.st_data
-        if st_data is None:
-            return None
-        return next((ref for ref in st_data.chats() if ref.chat_id == chat_id), None)
 
     async def chat_context(self) -> ChatContext:
         """The chat a generation arriving now belongs to (switching to it first), its
@@ -401,17 +394,3 @@ class KvService:
         if self._core.writes.queued(("prompt", chat, character)):
             await self._core.writes.flush()
         return await asyncio.to_thread(self._core.recorder.last_request, chat, character)
-
-
-def repair_save_dir(store: SaveStore | None, events: EventLog | None = None) -> list[str]:
-    """``store.repair()`` with its notes logged as warnings (and returned); never raises."""
-    if store is None:
-        return []
-    try:
-        notes = store.repair()
-    except (StoreError, OSError) as err:
-        notes = [f"Could not check the save directory for leftovers: {err}"]
-    if events is not None:
-        for note in notes:
-            events.warning(Kind.SAVE, note)
-    return notes

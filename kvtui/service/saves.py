@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kvtui.events import Kind
+from kvtui.events import EventLog, Kind
 from kvtui.fingerprint import PromptFingerprint, canonical_text
 from kvtui.llama import LlamaError
 from kvtui.service.core import ServiceCore
 from kvtui.service.outcomes import BatchResult, Failure, SaveOutcome, ServiceError
 from kvtui.slots import Allocation
-from kvtui.store import SaveMeta
+from kvtui.store import SaveMeta, SaveStore
 from kvtui.store.errors import StoreError
 
 Mark = tuple[int | None, int | None]
@@ -258,3 +258,17 @@ class Saves:
                 core.events.error(Kind.SAVE, f"Slot {record.slot}: {err}")
                 failed.append(Failure(f"slot {record.slot}", str(err)))
         return BatchResult(tuple(done), tuple(failed))
+
+
+def repair_save_dir(store: SaveStore | None, events: EventLog | None = None) -> list[str]:
+    """``store.repair()`` with its notes logged as warnings (and returned); never raises."""
+    if store is None:
+        return []
+    try:
+        notes = store.repair()
+    except (StoreError, OSError) as err:
+        notes = [f"Could not check the save directory for leftovers: {err}"]
+    if events is not None:
+        for note in notes:
+            events.warning(Kind.SAVE, note)
+    return notes

@@ -32,7 +32,6 @@ from kvtui.memory.scene import SceneError
 from kvtui.memory.settings import MemorySettings
 from kvtui.memory.workflow import MemoryPlan, MemoryWorkflow, SavedMemory
 from kvtui.service import KvService
-from kvtui.sillytavern import SillyTavernData
 from kvtui.tui.screens.memory_presets import PresetManager
 
 _PLAN_ERRORS = (SceneError, LibraryError, BookError, RegexError, OSError)
@@ -98,7 +97,7 @@ class MemoryScreen(Screen[None]):
             service.client, self.memory_settings, gate=service_gate(service)
         )
         self._owns_runner = runner is None
-        self.st_data = SillyTavernData(settings.st_dir) if settings.st_dir else None
+        self.st_data = service.st_data  # the service owns SillyTavern's data directory
         self.flow = (
             MemoryWorkflow(self.st_data, settings.state_dir, self.memory_settings, self.runner)
             if self.st_data is not None
