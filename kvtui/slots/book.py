@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from kvtui.atomic import write_atomic
+from kvtui.llama.checks import slot_problem, slot_sentence
 from kvtui.slots.records import (
     Allocation,
     AllSlotsProtected,
@@ -305,8 +306,9 @@ class SlotBook:
     # -- internals -----------------------------------------------------------------------
 
     def _check(self, slot: int) -> None:
-        if not 0 <= slot < self.n_slots:
-            raise UnknownSlot(f"Slot {slot} does not exist (the book has {self.n_slots}).")
+        problem = slot_problem(slot, self.n_slots)  # the book has as many slots as the server
+        if problem is not None:
+            raise UnknownSlot(slot_sentence(problem))
 
     def _tick(self) -> int:
         self._clock += 1
@@ -336,8 +338,9 @@ def _record_from_dict(item: object, n_slots: int) -> SlotRecord:
     if not isinstance(item, dict):
         raise ValueError("slot entry is not an object")
     slot = item.get("slot")
-    if not _is_int(slot) or not 0 <= slot < n_slots:
-        raise ValueError(f"slot entry has a bad slot id: {slot!r}")
+    problem = slot_problem(slot, n_slots)
+    if problem is not None or not _is_int(slot):
+        raise ValueError(f"slot book entry: {problem}")
     chat, character = _opt(item, "chat", str), _opt(item, "character", str)
     if (chat is None) != (character is None) or chat == "" or character == "":
         raise ValueError(f"slot {slot} has a chat without a character (or the reverse)")
