@@ -24,7 +24,7 @@ from kvtui.events import Event, EventLog, Kind, Level
 from kvtui.service import ConnectionState, KvService, SlotRow, Snapshot
 from kvtui.settings import Settings
 from kvtui.store import SaveEntry, format_save_name, normalize
-from kvtui.tui.app import KvtuiApp, make_app
+from kvtui.tui.app import WATCHERS, KvtuiApp, make_app
 from kvtui.tui.screens import live
 from kvtui.tui.screens.load_picker import LoadPicker
 
@@ -187,8 +187,9 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 async def settle(pilot: Pilot[Any]) -> None:
-    """Let polls finish and the screen render; a job waiting on a dialog is left waiting."""
-    for worker in [w for w in pilot.app.workers if w.group != "job"]:
+    """Let polls finish and the screen render; a job waiting on a dialog is left waiting (and
+    the app's watchers run until exit)."""
+    for worker in [w for w in pilot.app.workers if w.group not in ("job", WATCHERS)]:
         with contextlib.suppress(WorkerCancelled):
             await worker.wait()
     await pilot.pause()
