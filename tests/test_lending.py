@@ -14,15 +14,11 @@ from kvtui.llama import LlamaClient
 from kvtui.memory.jobs import JobError, JobRunner
 from kvtui.memory.settings import MemorySettings
 from kvtui.service import KvService
-from kvtui.settings import Settings
 from kvtui.slots.lending import LendError, lent_slot
 from kvtui.store.names import is_private_name
+from tests.test_proxy import make_settings
 
 pytestmark = pytest.mark.server
-
-
-def _settings(server: EmbeddedServer, tmp_path: Path) -> Settings:
-    return Settings(server_url=server.url, save_dir=server.save_dir, state_dir=tmp_path / "state")
 
 
 async def _fill(client: LlamaClient) -> dict[int, int]:
@@ -42,7 +38,7 @@ async def test_the_service_lends_the_preferred_slot_and_gives_it_back(
 ) -> None:
     save_dir = clean_server.save_dir
     assert save_dir is not None
-    async with KvService(_settings(clean_server, tmp_path)) as service:
+    async with KvService(make_settings(clean_server, tmp_path)) as service:
         before = await _fill(service.client)
         assert before[1] > before[0] > 0
         async with service.borrowed_slot(1) as slot:
@@ -66,7 +62,7 @@ async def test_a_lost_park_is_logged_by_the_service_and_raised_by_the_job_runner
     already out), the memory runner raises a ``JobError``; both say which slot."""
     save_dir = clean_server.save_dir
     assert save_dir is not None
-    async with KvService(_settings(clean_server, tmp_path)) as service:
+    async with KvService(make_settings(clean_server, tmp_path)) as service:
         await _fill(service.client)
         async with service.borrowed_slot(1) as slot:
             for name in _private(save_dir):

@@ -4,7 +4,7 @@ Pure bookkeeping (no network): allocation as in the seed's "Алгоритм в�
 resident → free slot → evict the least-used, never a protected slot), usage counting per
 generation type as in its "Счетчик использования", per-character message counters for autosave,
 and atomic persistence so the book survives a restart of kvtui. The records, allocations and
-errors it hands out are in :mod:`kvtui.slots.records` (re-exported here and by ``kvtui.slots``).
+errors it hands out are in :mod:`kvtui.slots.records` (``kvtui.slots`` exports them all).
 
 Decisions the seed leaves open:
 
@@ -34,21 +34,9 @@ from kvtui.slots.records import (
     Allocation,
     AllSlotsProtected,
     GenType,
-    SlotBookError,
     SlotRecord,
     UnknownSlot,
 )
-
-__all__ = [
-    "BOOK_VERSION",
-    "AllSlotsProtected",
-    "Allocation",
-    "GenType",
-    "SlotBook",
-    "SlotBookError",
-    "SlotRecord",
-    "UnknownSlot",
-]
 
 log = logging.getLogger(__name__)
 
