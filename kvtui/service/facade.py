@@ -23,7 +23,7 @@ from kvtui.llama.models import Props, SlotState
 from kvtui.service.automatic import Automatic, CachePolicy
 from kvtui.service.borrow import borrowed_slot
 from kvtui.service.chats import ChatFollower
-from kvtui.service.core import ServiceCore, new_client
+from kvtui.service.core import BOOK, ServiceCore, new_client
 from kvtui.service.loads import Loads
 from kvtui.service.monitor import Monitor
 from kvtui.service.outcomes import (
@@ -74,10 +74,11 @@ class KvService:
         await self._core.flush()
         await self._core.client.aclose()
 
-    async def flush(self) -> None:
+    async def flush(self) -> OSError | None:
         """Wait until the slot book and the recorded prompts are on disk (writes run behind
-        the event loop)."""
+        the event loop); the error that kept the slot book off the disk, if it failed."""
         await self._core.flush()
+        return self._core.writes.failed.get(BOOK)
 
     async def __aenter__(self) -> KvService:
         return self
