@@ -39,6 +39,14 @@ async def until(predicate: Callable[[], bool], what: str, *, bound: float = 300.
         await asyncio.sleep(0.02)
 
 
+def equal(value: Callable[[], object], expected: object) -> Callable[[], bool]:
+    return lambda: value() == expected
+
+
+def above(value: Callable[[], int], floor: int) -> Callable[[], bool]:
+    return lambda: value() > floor
+
+
 def send(user_dir: Path, text: str) -> int:
     """Append one message the way SillyTavern saves a chat; returns the message count."""
     path = user_dir / "chats" / st119.SERA / f"{CHAT}.jsonl"
@@ -73,6 +81,10 @@ async def test_interval_fires_once_at_the_threshold_in_the_background(
     only(live.service, tiny("Every3", interval=3))
     live.service.checkpoints.set(CHAT, "every3", 4)  # the chat's five messages were seen
     trigger = live.trigger
+
+    def pending() -> int:
+        return trigger.pending
+
     stop = asyncio.Event()
     task = asyncio.create_task(live.run(stop))
     try:
@@ -84,7 +96,7 @@ async def test_interval_fires_once_at_the_threshold_in_the_background(
             seen = trigger.observations
             os.utime(path, (time.time() + n, time.time() + n))
             try:
-                await until(lambda: trigger.observations > seen, "a write", bound=1.0)
+                await until(above(lambda: trigger.observations, seen), "a write", bound=1.0)
                 break
             except AssertionError:
                 continue
@@ -94,14 +106,14 @@ async def test_interval_fires_once_at_the_threshold_in_the_background(
         for threshold, (first, last) in enumerate([(5, 7), (8, 10)], start=1):
             for _ in range(2):  # below the threshold: nothing is scheduled
                 count = send(user_dir, "The lanterns by the river flicker.")
-                await until(lambda: trigger.seen.get(CHAT) == count, f"message {count}")
-                assert not trigger.pending and len(waits) == threshold - 1
+                await until(equal(lambda: trigger.seen.get(CHAT), count), f"message {count}")
+                assert pending() == 0 and len(waits) == threshold - 1
                 assert len(trigger.outcomes) == threshold - 1
             count = send(user_dir, "Seraphina hums an old song.")  # the threshold
-            await until(lambda: len(waits) == threshold, "the debounce")
-            assert trigger.pending == 1 and len(trigger.outcomes) == threshold - 1
+            await until(equal(lambda: len(waits), threshold), "the debounce")
+            assert pending() == 1 and len(trigger.outcomes) == threshold - 1
             release.set()
-            await until(lambda: len(trigger.outcomes) == threshold, "the run")
+            await until(equal(lambda: len(trigger.outcomes), threshold), "the run")
             outcome = trigger.outcomes[-1]
             assert outcome.status == "saved", outcome.message
             assert (outcome.start, outcome.end) == (first, last) and last == count - 1
