@@ -98,6 +98,7 @@ class TurnRecord:
     disk_write_tokens: int = 0
     estimated: bool = False
     known_extent: int | None = None
+    recall: dict[str, Any] | None = None  # recall's injection and its cost (kvtui.recall)
 
     @property
     def total(self) -> int:
@@ -144,6 +145,7 @@ class TurnRecord:
                 disk_write_tokens=int(data.get("disk_write_tokens") or 0),
                 estimated=bool(data.get("estimated", False)),
                 known_extent=_opt_int(data.get("known_extent")),
+                recall=dict(data["recall"]) if isinstance(data.get("recall"), Mapping) else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
