@@ -37,6 +37,7 @@ from kvtui.warmth.model import (
 )
 from kvtui.warmth.policy import RamCacheModel, WarmthPolicy
 from kvtui.warmth.ramcache import RamCacheInfo
+from kvtui.warmth.recallcost import recall_cost
 from kvtui.warmth.summary import slot_warmth, summarize
 
 Tokenize = Callable[[str], Awaitable[list[int]]]
@@ -65,6 +66,10 @@ class TurnTicket:
     previous: _Prior | None
     candidates: tuple[_Prior, ...]  # an unsure identity's possible earlier selves
     begun: datetime = field(default_factory=lambda: datetime.now(UTC))
+    recall: Mapping[str, Any] | None = None
+    """Recall's telemetry (``kvtui.recall.telemetry.turn_entry``), booked in the record with
+    its cost: ``span`` / ``previous_span`` (characters of the injection in this prompt and the
+    previous one) become ``position``, ``tokens``, ``lost_tokens`` and ``cost_tokens``."""
 
 
 class WarmthLedger:
@@ -349,6 +354,9 @@ class WarmthLedger:
             estimated=split.estimated,
             known_extent=d.known_extent,
             behind_messages=behind,
+            recall=await recall_cost(
+                ticket.recall, split, d.prompt, prompt_n + cache_n, self._tokenize
+            ),
         )
 
     async def _behind(

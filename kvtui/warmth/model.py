@@ -100,6 +100,7 @@ class TurnRecord:
     known_extent: int | None = None
     behind_messages: int | None = None
     """For a loss to an older save: how many messages of the chat the save lacked."""
+    recall: dict[str, Any] | None = None  # recall's injection and its cost (kvtui.recall)
 
     @property
     def total(self) -> int:
@@ -147,6 +148,7 @@ class TurnRecord:
                 estimated=bool(data.get("estimated", False)),
                 known_extent=_opt_int(data.get("known_extent")),
                 behind_messages=_opt_int(data.get("behind_messages")),
+                recall=dict(data["recall"]) if isinstance(data.get("recall"), Mapping) else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
