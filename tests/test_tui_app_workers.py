@@ -15,7 +15,7 @@ from kvtui.tui.screens.error import ErrorModal
 from tests.test_tui_dashboard import SIZE, make_settings, wait_until
 
 
-async def test_both_watchers_are_workers_that_stop_with_the_app(
+async def test_the_watchers_are_workers_that_stop_with_the_app(
     clean_server: EmbeddedServer, tmp_path: Path
 ) -> None:
     st_dir = copy_sample(tmp_path / "st")
@@ -24,8 +24,8 @@ async def test_both_watchers_are_workers_that_stop_with_the_app(
     )
     app = make_app(settings, automatic=True)
     async with app.run_test(size=SIZE) as pilot:
-        names = {"kvtui-save-watcher", "kvtui-chat-watcher"}
-        await wait_until(pilot, lambda: {w.name for w in app.watchers} == names, "two watchers")
+        names = {"kvtui-save-watcher", "kvtui-chat-watcher", "kvtui-sideprompts"}
+        await wait_until(pilot, lambda: {w.name for w in app.watchers} == names, "the watchers")
         assert all(w.group == WATCHERS and w.is_running for w in app.watchers)
         await app.wait_for_jobs()  # returns although the watchers run on
         assert {w.name for w in app.watchers} == names

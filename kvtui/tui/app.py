@@ -3,10 +3,11 @@
 ``make_app`` is the one factory the CLI, the demo and the tests use. The App owns the
 ``KvService`` and closes it when it unmounts; screens receive it and never create their own.
 
-Its background loops (the save-directory watcher, the chat-switch watcher) are Textual workers
-in the ``watchers`` group: Textual cancels them when the app exits, and a failure is reported
-like any worker's (the event log; a bug also opens the traceback modal). The group is not
-``exclusive``: both watchers run side by side, and starting one must not cancel the other.
+Its background loops (the save-directory watcher, the chat-switch watcher, the side prompts'
+interval trigger) are Textual workers in the ``watchers`` group: Textual cancels them when the
+app exits, and a failure is reported like any worker's (the event log; a bug also opens the
+traceback modal). The group is not ``exclusive``: the watchers run side by side, and starting
+one must not cancel another.
 """
 
 from __future__ import annotations
@@ -92,6 +93,15 @@ class KvtuiApp(App[int]):
         )
         if self.service.follows_chats:
             self._watch(self.service.follow_chats, "kvtui-chat-watcher", "The chat-switch watcher")
+        self._start_sideprompts()
+
+    def _start_sideprompts(self) -> None:
+        """The side prompts' interval trigger on the live chat, as a watcher of this app."""
+        from kvtui.sideprompts.follow import LiveSidePrompts, follows_live_chat
+
+        if follows_live_chat(self.service):
+            live = LiveSidePrompts(self.service)
+            self._watch(live.run, "kvtui-sideprompts", "The side-prompt follower")
 
     def _watch(
         self, loop: Callable[[asyncio.Event], Awaitable[None]], name: str, description: str
