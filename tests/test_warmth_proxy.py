@@ -186,7 +186,7 @@ async def speak(chat: GroupChat, speaker: str, text: str) -> dict[str, Any]:
 
 
 async def test_older_save_says_how_many_messages_behind(
-    no_ram: EmbeddedServer, tmp_path: Path
+    no_ram: EmbeddedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = settings_for(no_ram, tmp_path, autosave_every=2)
     async with running_proxy(settings) as h:
@@ -207,7 +207,15 @@ async def test_older_save_says_how_many_messages_behind(
     last = booked(settings)[-1]
     assert last["restored"] and last["reason"] == "older_save"
     assert last["behind_messages"] == 2  # "User: And the river?" and her third reply
-    assert any("2 messages behind" in s.label for s in slots)
+    assert any("2 messages behind" in s.label for s in slots)  # the dashboard's data
+    state = str(settings.state_dir)
+    assert main(["stats", "--turns", "--state-dir", state]) == 0
+    text = capsys.readouterr().out
+    assert "older_save (2 messages behind)" in text and "2 messages behind in all" in text
+    assert main(["stats", "--json", "--state-dir", state]) == 0
+    data = json.loads(capsys.readouterr().out)
+    older = [r for r in data["summary"]["by_reason"] if r["reason"] == "older_save"]
+    assert older[0]["messages_behind"] == 2
 
 
 async def test_ram_aware_policy_leaves_a_swapped_character_to_memory(
