@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from kvtui.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, command, warn
 from kvtui.memory.library import LibraryError
 from kvtui.memory.preview import PreviewState, TextPreview
@@ -60,7 +62,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=_interval, metavar="N|off", default=argparse.SUPPRESS)
     p.add_argument("--manual", type=_on_off, metavar="on|off")
     p.add_argument("--previous", type=int, metavar="0-7", help="earlier memories as context")
-    p.add_argument("--server-url", metavar="URL", help="another llama-server for this template")
+    p.add_argument("--server-url", metavar="URL",
+                   help='another llama-server for this template ("" clears it)')  # fmt: skip
+    p.add_argument("--model", metavar="NAME", help='the model on that server ("" clears it)')
     p.add_argument("--mode", choices=[m.value for m in LoreMode], help="lorebook mode")
     p.add_argument("--position", type=int, help="World Info position (0-3, 5-7)")
     p.add_argument("--order", type=int, help="entry order (0-9999)")
@@ -77,6 +81,10 @@ def sideprompt_command(settings: Settings, args: argparse.Namespace) -> int:
         if words[0] in ACTIONS:
             return _manage(settings.state_dir, words[0], words[1:], args)
         return _run(settings, words, args)
+    except ValidationError as err:
+        first = err.errors()[0]
+        warn(f"{'.'.join(str(p) for p in first['loc']) or 'template'}: {first['msg']}")
+        return EXIT_FAIL
     except (LibraryError, OSError, ValueError) as err:
         warn(err)
         return EXIT_FAIL
@@ -93,6 +101,10 @@ def _changes(args: argparse.Namespace, base: SidePrompt | None) -> dict[str, Any
         changes["previous_memories"] = args.previous
     if args.server_url is not None:
         changes["server_url"] = args.server_url
+        if not args.server_url.strip():
+            changes["model"] = None  # no other server: no model on it
+    if args.model is not None:
+        changes["model"] = args.model
     triggers = (base.triggers if base else SidePrompt(name="x", prompt="x").triggers).model_dump()
     for name in ("after_memory", "manual", "interval"):
         if getattr(args, name, None) is not None or (name == "interval" and "interval" in args):
@@ -128,7 +140,10 @@ def _manage(state_dir: Path, action: str, rest: list[str], args: argparse.Namesp
                   ("manual", t.triggers.manual)) if flag]  # fmt: skip
             state = "on " if t.enabled else "off"
             mark = " (built-in)" if t.builtin else ""
-            print(f"[{state}] {t.name}{mark}: {', '.join(on) or 'no triggers'}")
+            where = (
+                f" @ {t.server_url}" + (f" ({t.model})" if t.model else "") if t.server_url else ""
+            )
+            print(f"[{state}] {t.name}{mark}: {', '.join(on) or 'no triggers'}{where}")
         return EXIT_OK
     if action == "recreate-builtins":
         library.reset_builtins()
