@@ -122,6 +122,7 @@ async def test_editor_creates_and_edits_with_a_server_override(tmp_path: Path) -
         await pilot.press("ctrl+o")
         await wait_for(pilot, lambda: isinstance(app.screen, SidePromptEditor), "the editor")
         editor = app.screen
+        assert isinstance(editor, SidePromptEditor)
         editor.query_one("#editor-model", Input).value = "big"
         await pilot.press("ctrl+s")  # a model without a server is refused; the form stays
         assert isinstance(app.screen, SidePromptEditor) and "server_url" in editor.status_text
