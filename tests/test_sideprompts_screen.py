@@ -8,7 +8,7 @@ from typing import Any
 
 from textual.app import App
 from textual.pilot import Pilot
-from textual.widgets import Input, TextArea
+from textual.widgets import Input, Select, TextArea
 
 from kvtui.embedded.server import EmbeddedServer
 from kvtui.llama.client import LlamaClient
@@ -39,7 +39,7 @@ class Host(App[None]):
         self.push_screen(self.screen_under_test)
 
 
-def offered(app: App[None], button: str) -> bool:
+def offered(app: App[Any], button: str) -> bool:
     """The shared preview is open with ``button`` usable."""
     modal = app.screen
     return (
@@ -149,3 +149,46 @@ async def test_editor_creates_and_edits_with_a_server_override(tmp_path: Path) -
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: "Weather" in service.library.names(), "the new template")
         assert not service.library.get("Weather").builtin
+
+
+async def test_dashboard_key_o_runs_a_side_prompt(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """From the real dashboard: ``o`` opens the manager on the service's chats; a manual run
+    with a range goes through the service's job runner and lands in the chat's book."""
+    from kvtui.service import KvService
+    from kvtui.settings import load_settings
+    from kvtui.sideprompts.templates import template_library
+    from kvtui.tui.app import make_app
+
+    st_dir = copy_sample(tmp_path / "st")
+    settings = load_settings(tmp_path / "config.toml", server_url=clean_server.url,
+                             save_dir=clean_server.save_dir, st_dir=st_dir,
+                             state_dir=tmp_path / "state")  # fmt: skip
+    library = template_library(settings.state_dir)
+    for name in library.names():
+        library.delete(name)
+    library.add(tiny("Tracker"))
+    kv = KvService(settings)
+    kv.set_current_chat(CHAT)
+    app = make_app(settings, service=kv)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        await pilot.press("o")
+        await wait_for(pilot, lambda: isinstance(app.screen, SidePromptsScreen), "the screen")
+        screen = app.screen
+        assert isinstance(screen, SidePromptsScreen)
+        await wait_for(pilot, lambda: screen.selected_name == "Tracker", "the list")
+        chat = screen.query_one("#sideprompts-chat", Select)
+        await wait_for(pilot, lambda: chat.value == CHAT, "the current chat")
+        screen.query_one("#sideprompts-range", Input).value = "0-2"
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: offered(app, "#text-preview-accept"), "the preview")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: screen.outcome is not None, "the save")
+        assert screen.outcome is not None and screen.outcome.status == "saved"
+        assert screen.outcome.mode == "borrowed"  # no memory_slot: a slot borrowed, gate held
+        path = screen.service.book_for(screen.service.find_chat(CHAT))[1]
+        assert [e["content"] for e in Lorebook.open(path, CHAT).entries.values()] == [
+            screen.outcome.text
+        ]
