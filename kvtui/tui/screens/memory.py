@@ -57,7 +57,7 @@ class MemoryScreen(Screen[None]):
     MemoryScreen #memory-chat { width: 2fr; }
     MemoryScreen #memory-range { width: 1fr; }
     MemoryScreen #memory-preset { width: 1fr; }
-    MemoryScreen #memory-plan, MemoryScreen #memory-status { height: auto; color: $text-muted; }
+    MemoryScreen .memory-line { height: auto; width: 100%; color: $text-muted; }
     MemoryScreen #memory-status.error { color: $text-error; }
     MemoryScreen #memory-existing { height: 8; border: round $primary 30%; }
     """
@@ -110,14 +110,14 @@ class MemoryScreen(Screen[None]):
                 yield Select[str]([], prompt="Chat", id="memory-chat", allow_blank=True)
                 yield Input(placeholder="range X-Y (empty: since last memory)", id="memory-range")
                 yield Select[str]([], prompt="Preset", id="memory-preset", allow_blank=True)
-            yield Label("", id="memory-plan", markup=False)
+            yield Label("", id="memory-plan", markup=False, classes="memory-line")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Run (ctrl+r)", variant="primary", id="memory-run")
                 yield Button("Accept (ctrl+s)", variant="success", id="memory-accept")
                 yield Button("Retry (ctrl+t)", id="memory-retry")
                 yield Button("Presets (ctrl+o)", id="memory-presets")
                 yield Button("Cancel (esc)", id="memory-cancel")
-            yield Label("", id="memory-status", markup=False)
+            yield Label("", id="memory-status", markup=False, classes="memory-line")
             yield MemoryPreviewPanel(id="memory-preview")
             yield OptionList(id="memory-existing")
         yield Footer()
