@@ -77,6 +77,7 @@ class Scene:
     sent: list[dict[str, Any]]
     messages: list[Msg] = field(default_factory=lambda: list(CHAT_B_MESSAGES))
     replies: int = 0
+    last_reply: str = ""  # what the model wrote in the last Text Completion request
 
     def save_chat(self) -> None:
         path = self.user_dir / "chats" / SERA / f"{CHAT_B}.jsonl"
@@ -104,7 +105,9 @@ class Scene:
         async with self.h.client.stream("POST", path, json=body) as resp:
             raw = b"".join([chunk async for chunk in resp.aiter_raw()])
             assert resp.status_code == 200, raw
-        assert sse_events(raw), raw
+        events = sse_events(raw)
+        assert events, raw
+        self.last_reply = "".join(str(e.get("content", "")) for e in events)
         await self.h.proxy.app.settled()
         await self.h.proxy.app.extras.ledger.drain()
         assert len(self.sent) == before + 1

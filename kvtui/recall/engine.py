@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kvtui.atomic import write_atomic
+from kvtui.recall import pins
 from kvtui.recall.history import ChatView, chat_view
 from kvtui.recall.longterm import build_longterm, longterm_due
 from kvtui.recall.macro import replace_macros, scan
@@ -52,6 +53,8 @@ from kvtui.recall.select import (
 from kvtui.recall.settings import RecallSettings
 from kvtui.recall.state import CharacterRecall, LongTerm, load_state
 from kvtui.slots import GenType
+
+_TURNS = frozenset({GenType.NORMAL, GenType.SWIPE, GenType.REGENERATE, GenType.CONTINUE})
 
 
 class Decision(StrEnum):
@@ -187,6 +190,12 @@ class RecallEngine:
             longterm = self._longterm(chat, memories)
             values[s.longterm_macro] = longterm.text
         exclude = set(longterm.ids) if longterm is not None and s.exclude_longterm else set()
+        plan = None
+        if s.keep_in_history and found.has(s.macro):
+            held = self.state.characters.get((chat, character))
+            pinned = held.pins if held is not None else ()
+            plan = pins.plan(body, values, s.macro, pinned, s.keep_budget, self.count_tokens)
+            exclude |= plan.ids if plan is not None else set()
         decision: Decision | None = None
         reason, text = "", ""
         ids: tuple[str, ...] = ()
@@ -197,14 +206,26 @@ class RecallEngine:
             values[s.macro] = text
         replaced = replace_macros(body, values)
         placed = replaced.placements
+        out = replaced.body if replaced.changed else body
+        position = placed[s.macro].position if s.macro in placed else None
+        chars_after = placed[s.macro].chars_after if s.macro in placed else None
+        if plan is not None and isinstance(out.get("prompt"), str):
+            prompt, kept, position = pins.finish(
+                plan, out["prompt"], text, ids, s.keep_budget, self.count_tokens
+            )
+            out = {**out, "prompt": prompt} if prompt != body.get("prompt") else body
+            held = self.state.characters.get((chat, character))
+            if held is not None and decision is not Decision.TRANSIENT and gen_type in _TURNS:
+                held.pins = kept
+            chars_after = len(prompt) - position - len(text) if position is not None else None
         telemetry = RecallTelemetry(
             "found",
             decision,
             reason,
             ids,
             chars=len(text),
-            position=placed[s.macro].position if s.macro in placed else None,
-            chars_after=placed[s.macro].chars_after if s.macro in placed else None,
+            position=position,
+            chars_after=chars_after,
             changed=self._note_injected(chat, character, text) if decision else None,
             longterm_batch=longterm.batch if longterm else None,
             longterm_chars=len(longterm.text) if longterm else 0,
@@ -216,7 +237,7 @@ class RecallEngine:
             warnings=warnings,
         )
         self._save()
-        return RecallOutcome(replaced.body if replaced.changed else body, telemetry, values)
+        return RecallOutcome(out, telemetry, values)
 
     def note_event(self, chat: str, kind: str, character: str | None = None) -> None:
         """A companion-extension event (``POST /kvtui/v1/event``): an edited or deleted message
