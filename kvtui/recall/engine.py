@@ -116,6 +116,7 @@ class RecallEngine:
         self.state, self.error = load_state(state_path)
         """The last problem with the state file (unreadable at start, or a failed write)."""
         self._lock = threading.Lock()  # the proxy may call from worker threads
+        self._shown: set[str] = set()  # chosen memories the prompt shows already (kept recall)
         self._written: str | None = None
 
     # -- the proxy's entry points ------------------------------------------------------------
@@ -195,7 +196,7 @@ class RecallEngine:
             held = self.state.characters.get((chat, character))
             pinned = held.pins if held is not None else ()
             plan = pins.plan(body, values, s.macro, pinned, s.keep_budget, self.count_tokens)
-            exclude |= plan.ids if plan is not None else set()
+        self._shown = plan.ids if plan is not None else set()
         decision: Decision | None = None
         reason, text = "", ""
         ids: tuple[str, ...] = ()
@@ -336,6 +337,7 @@ class RecallEngine:
         )
         ranked = rank(memories, window, s, sticky, round_no, exclude)
         chosen = chronological(pick(ranked, s, self.count_tokens))
+        chosen = [m for m in chosen if m.id not in self._shown]  # kept in the prompt already
         return tuple(m.id for m in chosen), render_block(chosen, s)
 
     def _note_injected(self, chat: str, character: str, text: str) -> bool | None:
