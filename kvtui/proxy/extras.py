@@ -48,7 +48,7 @@ class RouterExtras:
             on_error=self._accounting_error,
         )
         self.turns = RecallTurns()
-        self._pending: Pending | None = None
+        self._pending: dict[tuple[str, str], Pending] = {}  # recall's, until the turn begins
         self.recall: RecallEngine | None = None
         try:
             self.recall = build_engine(settings, service.st_data)
@@ -93,7 +93,8 @@ class RouterExtras:
         )
         for warning in outcome.telemetry.warnings:
             self.service.events.warning(Kind.ROUTE, warning)
-        self._pending = Pending((identity.chat, identity.character), body, outcome)
+        key = (identity.chat, identity.character)
+        self._pending[key] = Pending(key, body, outcome)
         return outcome.body
 
     def _has_macro(self, body: Mapping[str, Any]) -> bool:
@@ -124,7 +125,7 @@ class RouterExtras:
         if clears > self._seen[1]:
             self.ledger.note_chat_switch()
         self._seen = (restarts, clears)
-        pending, self._pending = self._pending, None
+        pending = self._pending.pop((identity.chat, identity.character), None)
         try:
             turn = self.turns.begin(
                 (identity.chat, identity.character), gen_type, prompt, previous_prompt, pending
