@@ -25,8 +25,9 @@ from kvtui.recall import RecallEngine, RecallSettings
 from kvtui.recall.hook import build_engine, inject
 from kvtui.service import KvService, RouteDecision, SaveOutcome
 from kvtui.slots import GenType
-from kvtui.warmth import TurnTicket, WarmthLedger
-from kvtui.warmth.bridge import begin_routed
+from kvtui.warmth import TurnTicket, WarmthLedger, WarmthPolicy
+from kvtui.warmth.bridge import begin_routed, saved_prompt_chars
+from kvtui.warmth.gate import WarmthGate
 
 if TYPE_CHECKING:
     from kvtui.proxy.companion import ChatEvent, Companion
@@ -42,11 +43,16 @@ class RouterExtras:
         self.service = service
         self.companion = companion
         settings = service.settings
+        policy = WarmthPolicy.from_settings(settings)
         self.ledger = WarmthLedger(
             settings.state_dir,
             tokenize=service.tokenize,
+            policy=policy,
+            saved_chars=lambda name: saved_prompt_chars(service.store, name),
             on_error=self._accounting_error,
         )
+        self.gate = WarmthGate(service, self.ledger)
+        service.use_cache_policy(self.gate)
         self.turns = RecallTurns()
         self._pending: dict[tuple[str, str], Pending] = {}  # recall's, until the turn begins
         self.recall: RecallEngine | None = None
@@ -54,7 +60,6 @@ class RouterExtras:
             self.recall = build_engine(settings, service.st_data)
         except Exception as err:  # noqa: BLE001 - recall is optional; said once
             service.events.error(Kind.ERROR, f"Recall is off: {err}")
-        self._seen = service.losses_seen
         recall = RecallSettings.from_settings(settings)
         self._macros = (recall.macro, recall.longterm_macro)
         companion.listen(self._chat_event)
@@ -119,12 +124,7 @@ class RouterExtras:
         previous_prompt: str | None,
     ) -> TurnTicket | None:
         """Begin the turn's accounting; never raises (accounting must not block a request)."""
-        restarts, clears = self.service.losses_seen
-        if restarts > self._seen[0]:
-            self.ledger.note_server_restart()
-        if clears > self._seen[1]:
-            self.ledger.note_chat_switch()
-        self._seen = (restarts, clears)
+        self.gate.sync()
         pending = self._pending.pop((identity.chat, identity.character), None)
         try:
             turn = self.turns.begin(
@@ -141,6 +141,7 @@ class RouterExtras:
                 previous_prompt=turn.previous_prompt,
                 slot=slot,
                 save_dir=self.service.settings.save_dir,
+                ram_cache_relied=self.gate.relied(identity.chat, identity.character),
             )
             return replace(ticket, recall=turn.recall) if turn.recall is not None else ticket
         except Exception as err:  # noqa: BLE001 - logged, the request goes on

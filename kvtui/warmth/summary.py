@@ -91,6 +91,7 @@ def slot_warmth(records: Iterable[TurnRecord]) -> tuple[SlotWarmth, ...]:
             lost_tokens=r.lost_tokens,
             reason=r.reason,
             at=r.ts,
+            behind_messages=r.behind_messages,
         )
         for s, r in sorted(last.items())
     )
