@@ -26,7 +26,7 @@ from kvtui.recall.hook import build_engine, inject
 from kvtui.service import KvService, RouteDecision, SaveOutcome
 from kvtui.slots import GenType
 from kvtui.warmth import TurnTicket, WarmthLedger, WarmthPolicy
-from kvtui.warmth.bridge import begin_routed, saved_prompt_chars
+from kvtui.warmth.bridge import begin_routed, save_lengths
 from kvtui.warmth.gate import WarmthGate
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class RouterExtras:
             settings.state_dir,
             tokenize=service.tokenize,
             policy=policy,
-            saved_chars=lambda name: saved_prompt_chars(service.store, name),
+            saved_chars=save_lengths(service),
             on_error=self._accounting_error,
         )
         self.gate = WarmthGate(service, self.ledger)
