@@ -85,6 +85,7 @@ class RouterExtras:
         client: object,
     ) -> dict[str, Any]:
         """The body with recall macros replaced (unchanged without them)."""
+        self._pending.pop((identity.chat, identity.character), None)  # one never booked
         if self.recall is None or not self._has_macro(body):
             return body  # nearly every request: no thread hop, no book read
         outcome = await inject(

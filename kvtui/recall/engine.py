@@ -22,6 +22,8 @@ classification reports a regenerate as ``swipe`` and an edited-then-regenerated 
 same turn again and reuses it. A *redone* round starts from the sticky records the replaced round
 started from, so editing a message and regenerating gives what a first send of the edited
 message would have. Without a well-formed macro nothing is computed and the body is untouched.
+With ``keep_in_history`` earlier turns' recall stays in a text prompt where it was injected
+(:mod:`kvtui.recall.pins`) and the memories it shows are not injected again.
 """
 
 from __future__ import annotations
