@@ -153,10 +153,21 @@ def write_book(user_dir: Path, memories: list[tuple[str, str, tuple[str, ...]]])
         )
 
 
+KEEP = {"value": False}
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["plain", "kept-in-history"])
+def keep_in_history(request: pytest.FixtureRequest) -> None:
+    """Every row holds with ``recall_keep_in_history`` too (it changes only where earlier
+    turns' recall stays, never what this turn's is)."""
+    KEEP["value"] = bool(request.param)
+
+
 @asynccontextmanager
 async def scene(
     server: EmbeddedServer, tmp_path: Path, *, book: bool = True, **settings: Any
 ) -> AsyncIterator[Scene]:
+    settings.setdefault("recall_keep_in_history", KEEP["value"])
     user_dir = st119.build(tmp_path / "st" / "default-user", now=time.time())
     if book:
         write_book(user_dir, BOOK)

@@ -54,7 +54,7 @@ async def test_kept_recall_keeps_the_reply_cached(
 async def test_without_it_the_moved_recall_costs_the_reply(
     clean_server: EmbeddedServer, tmp_path: Path
 ) -> None:
-    async with scene(clean_server, tmp_path) as s:
+    async with scene(clean_server, tmp_path, recall_keep_in_history=False) as s:
         first, recall, held = await _two_turns(s)
         turn = s.h.proxy.app.extras.ledger.records()[-1]
         assert SWORD not in text_of(s.sent[-1])
