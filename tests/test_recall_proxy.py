@@ -402,6 +402,17 @@ async def test_without_the_macro_nothing_is_injected_even_with_a_cached_recall(
         assert cc["messages"] == body["messages"]
 
 
+async def test_the_macro_in_any_case_and_with_spaces_is_replaced(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    async with scene(clean_server, tmp_path) as s:
+        s.messages.append((USER, "Will you lend me your sword for the road?"))
+        s.save_chat()
+        sent = await s.tc(tc_prompt(s.messages, note="{{ KVTUI_Memories }}"))
+        assert SWORD in sent["prompt"] and "KVTUI" not in sent["prompt"]
+        assert decision(s.recall()) == "computed"
+
+
 @pytest.mark.parametrize("bad", ["{{kvtui_memories}", "{kvtui_memories}}", "{{{kvtui_memories}}}"])
 async def test_a_malformed_macro_leaves_the_prompt_byte_identical(
     clean_server: EmbeddedServer, tmp_path: Path, bad: str

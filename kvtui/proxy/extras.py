@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -61,7 +62,10 @@ class RouterExtras:
         except Exception as err:  # noqa: BLE001 - recall is optional; said once
             service.events.error(Kind.ERROR, f"Recall is off: {err}")
         recall = RecallSettings.from_settings(settings)
-        self._macros = (recall.macro, recall.longterm_macro)
+        # like the engine, any case: {{KVTUI_Memories}} is the macro too
+        self._macros = re.compile(
+            f"{re.escape(recall.macro)}|{re.escape(recall.longterm_macro)}", re.I
+        )
         companion.listen(self._chat_event)
 
     def _chat_event(self, event: ChatEvent) -> None:
@@ -105,14 +109,12 @@ class RouterExtras:
 
     def _has_macro(self, body: Mapping[str, Any]) -> bool:
         """Whether ``body`` holds a recall macro: the text is searched, nothing is parsed."""
-        names = self._macros
         prompt = body.get("prompt")
         if isinstance(prompt, str):
-            return any(name in prompt for name in names)
+            return self._macros.search(prompt) is not None
         messages = body.get("messages")
         if isinstance(messages, list):
-            text = json.dumps(messages, ensure_ascii=False)
-            return any(name in text for name in names)
+            return self._macros.search(json.dumps(messages, ensure_ascii=False)) is not None
         return False
 
     def begin(
