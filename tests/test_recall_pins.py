@@ -100,7 +100,8 @@ def test_impersonate_uses_the_pins_and_changes_nothing() -> None:
     side = STORY + "\n".join(chat) + "\n{{kvtui_memories}}\nAlex:"
     out = eng.apply({"prompt": side, "stop": ["\nSeraphina:"]}, chat=CHAT, character=CHAR,
                     gen_type=GenType.IMPERSONATE)  # fmt: skip
-    assert str(out.body["prompt"]).startswith(first + " By the river.")
+    sent = str(out.body["prompt"])
+    assert sent.startswith(first + " By the river.") and sent.count("sword lies") == 1
     state = eng.cached(CHAT, CHAR)
     assert state is not None and len(state.pins) == 1
 

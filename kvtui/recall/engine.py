@@ -206,6 +206,8 @@ class RecallEngine:
             decision, reason, ids, text = self._recall(
                 chat, character, gen_type, view, memories, exclude
             )
+            if gen_type not in _TURNS and ids and set(ids) <= self._shown:
+                ids, text = (), ""  # an impersonation after the turn: the prompt shows it all
             values[s.macro] = text
         replaced = replace_macros(body, values)
         placed = replaced.placements
