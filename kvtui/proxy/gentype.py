@@ -43,9 +43,9 @@ _SCAN = 256  # how far from the end a reply-request tail is looked for
 _MARKER_WINDOW = 80  # longer than any instruct marker in _MARKERS
 
 EDITED_WITHIN_S = 30.0
-"""A chat file written this recently, whose last reply the prompt lacks, was edited (or had
-messages deleted) just before the request: a new turn, not a swipe. Opening a chat writes
-nothing, so a swipe as the first action after an open finds an older file."""
+"""When the index has not seen the chat file's previous version: a file written this recently,
+whose last reply the prompt lacks, was edited (or had messages deleted) just before the
+request: a new turn, not a swipe. Otherwise the index says whether its last change was one."""
 
 
 class TailRole(StrEnum):
@@ -142,6 +142,8 @@ class ChatEvidence:
     unseen_user: bool = False
     written_ago: float | None = None
     """Seconds since the chat file was written, when known."""
+    rewritten: bool | None = None
+    """Its last change edited or deleted messages (None: unknown, ``written_ago`` decides)."""
 
 
 def stop_names(stop: Iterable[str]) -> list[str]:
@@ -351,7 +353,10 @@ def _from_chat(
         return None
     if character is not None and character not in chat.unseen_speakers:
         return None
-    if chat.written_ago is not None and chat.written_ago < EDITED_WITHIN_S:
+    edited = chat.rewritten
+    if edited is None:
+        edited = chat.written_ago is not None and chat.written_ago < EDITED_WITHIN_S
+    if edited:
         return GenType.NORMAL, "the chat was just rewritten (an edit or delete) before this reply"
     return GenType.SWIPE, "the chat's last reply is not in the prompt: a swipe or regenerate"
 
