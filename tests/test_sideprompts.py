@@ -9,9 +9,8 @@ import pytest
 
 from kvtui.llama.client import LlamaClient
 from kvtui.memory.library import LibraryError
-from kvtui.memory.preview import PreviewError, PreviewState
+from kvtui.memory.preview import PreviewError, PreviewState, TextPreview
 from kvtui.memory.scene import SceneError
-from kvtui.sideprompts.prompt import TextPreview
 from kvtui.sideprompts.service import SidePromptRefused
 from kvtui.sideprompts.templates import (
     LoreMode,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,7 @@ class RecallTelemetry:
 class RecallOutcome:
     body: dict[str, Any]  # what to forward (the caller's body itself when nothing changed)
     telemetry: RecallTelemetry
+    values: Mapping[str, str] = field(default_factory=dict)  # each macro's replacement text
 
 
 class RecallEngine:
@@ -215,7 +216,7 @@ class RecallEngine:
             warnings=warnings,
         )
         self._save()
-        return RecallOutcome(replaced.body if replaced.changed else body, telemetry)
+        return RecallOutcome(replaced.body if replaced.changed else body, telemetry, values)
 
     def note_event(self, chat: str, kind: str, character: str | None = None) -> None:
         """A companion-extension event (``POST /kvtui/v1/event``): an edited or deleted message

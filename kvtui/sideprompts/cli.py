@@ -18,10 +18,9 @@ from typing import Any
 
 from kvtui.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, command, warn
 from kvtui.memory.library import LibraryError
-from kvtui.memory.preview import PreviewState
+from kvtui.memory.preview import PreviewState, TextPreview
 from kvtui.memory.settings import MemorySettings
 from kvtui.settings import Settings
-from kvtui.sideprompts.prompt import TextPreview
 from kvtui.sideprompts.service import FAILURES, SideOutcome, SidePromptService, SideRun
 from kvtui.sideprompts.templates import LoreMode, SidePrompt, template_library
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from textual.app import App, SystemCommand
 from textual.screen import Screen
+from textual.worker import Worker
 
 from kvtui.events import Kind
 from kvtui.proxy.run import ProxyServer, ProxyStartError
@@ -51,6 +52,7 @@ class KvtuiApp(App[int]):
         self._automatic_stop = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
         self._saves_task: asyncio.Task[None] | None = None
+        self._sideprompts: Worker[None] | None = None
 
     def get_default_screen(self) -> Screen[None]:
         if self.demo_slots is not None:
@@ -86,6 +88,23 @@ class KvtuiApp(App[int]):
         )
         if self.service.follows_chats:
             self._watch_task = asyncio.create_task(self._watch(), name="kvtui-chat-watcher")
+        self._start_sideprompts()
+
+    def _start_sideprompts(self) -> None:
+        """The side prompts' interval trigger on the live chat, as a worker of this app."""
+        from kvtui.sideprompts.follow import LiveSidePrompts, follows_live_chat
+
+        if not follows_live_chat(self.service):
+            return
+        live = LiveSidePrompts(self.service)
+
+        async def follow() -> None:
+            try:
+                await live.run(self._automatic_stop)
+            except Exception as err:  # reported, never a crash of the dashboard
+                self.service.events.error(Kind.ERROR, f"The side-prompt follower stopped: {err!r}")
+
+        self._sideprompts = self.run_worker(follow(), name="kvtui-sideprompts", exit_on_error=False)
 
     async def _watch(self) -> None:
         try:
@@ -100,6 +119,10 @@ class KvtuiApp(App[int]):
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(task, timeout=3)
         self._watch_task = self._saves_task = None
+        if self._sideprompts is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._sideprompts.wait(), timeout=3)
+            self._sideprompts = None
         if self.proxy is not None:
             await self.proxy.stop()
             self.proxy = None

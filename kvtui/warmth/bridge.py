@@ -92,6 +92,21 @@ def begin_routed(
     return ledger.begin(d)
 
 
+def saved_prompt_chars(store: SaveStore | None, filename: str) -> int | None:
+    """Length in characters of the prompt a save holds (its sidecar's fingerprint), or ``None``.
+    Blocking: the ledger calls it in a worker thread, only for a restore that lost tokens."""
+    if store is None:
+        return None
+    try:
+        meta = store.read_meta(Path(filename).name)
+    except (OSError, ValueError):
+        return None
+    if meta is None or not isinstance(meta.fingerprint, dict):
+        return None
+    length = meta.fingerprint.get("length")
+    return length if isinstance(length, int) and length >= 0 else None
+
+
 def bytes_per_token(store: SaveStore | None, default: float = 528.0) -> float:
     """The state size per token of this model, measured on its saves (median of the newest
     50); ``default`` (the tiny test model's) when there are none."""

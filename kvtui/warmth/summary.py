@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from kvtui.warmth.model import ReasonTotal, SessionSummary, SlotWarmth, TurnRecord
 
@@ -90,6 +91,27 @@ def slot_warmth(records: Iterable[TurnRecord]) -> tuple[SlotWarmth, ...]:
             lost_tokens=r.lost_tokens,
             reason=r.reason,
             at=r.ts,
+            behind_messages=r.behind_messages,
         )
         for s, r in sorted(last.items())
     )
+
+
+def recall_totals(records: Iterable[TurnRecord]) -> dict[str, Any] | None:
+    """What memory recall did over ``records`` (``None`` when no turn had a recall macro):
+    turns by decision, tokens injected, cached-prefix tokens lost to it and its whole cost."""
+    entries = [r.recall for r in records if r.recall is not None]
+    if not entries:
+        return None
+    decisions = Counter(str(e.get("decision") or e.get("macro")) for e in entries)
+
+    def total(name: str) -> int:
+        return sum(int(e.get(name) or 0) for e in entries)
+
+    return {
+        "turns": len(entries),
+        "by_decision": dict(sorted(decisions.items())),
+        "injected_tokens": total("tokens"),
+        "lost_tokens": total("lost_tokens"),
+        "cost_tokens": total("cost_tokens"),
+    }

@@ -20,8 +20,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, OptionList, Select, Static, TextArea
 from textual.widgets.option_list import Option
 
-from kvtui.memory.preview import PreviewError, PreviewState
-from kvtui.sideprompts.prompt import TextPreview
+from kvtui.memory.preview import PreviewError, PreviewState, TextPreview
 from kvtui.sideprompts.service import FAILURES, SideOutcome, SidePromptService, SideRun
 from kvtui.sideprompts.templates import SidePrompt
 
