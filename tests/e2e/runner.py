@@ -53,6 +53,9 @@ class Run:
     workdir: Path
     prefill: dict[str, int]  # llama-server's prefilled tokens per phase (tests.e2e.parity)
     probes: list[SaveProbe] = field(default_factory=list)
+    from_save: dict[int, int] = field(default_factory=dict)
+    """For each turn kvtui restored a save for: the tokens its prompt shares with the prompt
+    that save was made from (minus a few for tokenisation), i.e. what the restore must give."""
 
     def where(self) -> str:
         return f"(logs in {self.workdir}: proxy.log, sillytavern.log, llama.log)"
@@ -136,10 +139,7 @@ def run_variant(variant: str, workdir: Path) -> Run:
             prev = last.get(key)
             must = 0
             if prev is not None:
-                prefix = _common_prefix(gens[prev].prompt, prompt)
-                if prefix:
-                    tokens = post_json(stack.llama.url + "/tokenize", {"content": prefix})
-                    must = max(0, len(tokens["tokens"]) - SLACK_TOKENS)
+                must = _shared_tokens(stack.llama.url, gens[prev].prompt, prompt)
             last[key] = n
             gens.append(
                 Gen(n, rec.seq, exp, rec.path, rec.status, body, rec.timings,
@@ -154,4 +154,23 @@ def run_variant(variant: str, workdir: Path) -> Run:
         if stack.with_proxy:
             stack.stop_clients()  # kvtui stops before its saves are checked: nothing moves
             result.probes = probe_saves(stack, gens)
+            result.from_save = _restore_shares(stack.llama.url, result)
     return result
+
+
+def _shared_tokens(llama_url: str, a: str, b: str) -> int:
+    prefix = _common_prefix(a, b)
+    if not prefix:
+        return 0
+    tokens = post_json(llama_url + "/tokenize", {"content": prefix})["tokens"]
+    return max(0, len(tokens) - SLACK_TOKENS)
+
+
+def _restore_shares(llama_url: str, run: Run) -> dict[int, int]:
+    by_file = {p.file: p for p in run.probes}
+    out: dict[int, int] = {}
+    for g, turn in zip(run.gens, run.turns, strict=False):
+        probe = by_file.get(str(turn.get("restored")))
+        if probe is not None and probe.gen is not None:
+            out[g.n] = _shared_tokens(llama_url, run.gens[probe.gen].prompt, g.prompt)
+    return out

@@ -1,11 +1,12 @@
 """End to end in a real SillyTavern 1.19: every generation's chat, character, type and cache.
 
-One module-scoped run per variant ("plain": no extension, kvtui decides from evidence;
-"extension": kvtui's companion extension installed): llama-server (2 slots) ← ``kvtui proxy`` ←
-recording tap ← SillyTavern's server ← SillyTavern's page in headless Chromium, clicked through the
-scripted session of ``tests/e2e/session.py`` (Text Completion one-to-one with send, swipe,
-continue, edit + regenerate, impersonate; an existing chat opened from the list and swiped first;
-the group with a muted member; Chat Completion one-to-one and a group round).
+One run per variant (``run`` in ``tests/e2e/conftest.py``; "plain": no extension, kvtui decides
+from evidence; "extension": kvtui's companion extension installed): llama-server (2 slots) ←
+``kvtui proxy`` ← recording tap ← SillyTavern's server ← SillyTavern's page in headless Chromium,
+clicked through the scripted session of ``tests/e2e/session.py`` (Text Completion one-to-one with
+send, swipe, continue, edit + regenerate, impersonate; an existing chat opened from the list and
+swiped first; the group with a muted member, swiped first after opening; Chat Completion
+one-to-one, the group swiped first and a round; llama-server restarted, then a group round).
 
 Assertions, per generation:
 - it reached kvtui and llama-server answered (the tap);
@@ -15,7 +16,11 @@ Assertions, per generation:
   right chat, character and ``gen_type`` (and, with the extension, ``source`` extension/explicit);
 - its ``cache_n`` covers the previous prompt of the same chat and character: at least the tokens of
   the two prompts' common prefix (minus a few tokens for tokenisation at the boundary) were reused,
-  both in kvtui's log and in llama-server's own final ``timings`` seen at the tap.
+  both in kvtui's log and in llama-server's own final ``timings`` seen at the tap; after the
+  restart, what the save kvtui restored shares with the prompt (or kvtui had none and said so).
+
+And for every save kvtui wrote: restored into the real server after the session, one of its own
+chat and character's requests reuses all of it but the reply (``tests/e2e/probe.py``).
 """
 
 from __future__ import annotations
@@ -118,9 +123,9 @@ def _after_restart(run: Run, g: Gen) -> bool:
 
 
 def _restart_failure(run: Run, g: Gen, cached: int | None) -> str | None:
-    """After a restart only kvtui's saves on disk are left: the turn restored one (and reused
-    all of it but the reply after its prompt), or kvtui said the cache was lost to the
-    restart. Fails without the decision log."""
+    """After a restart only kvtui's saves on disk are left: the turn restored one and reused
+    what that save's prompt shares with this one, or kvtui said the cache was lost to the
+    restart (it had no save of this chat and character)."""
     if len(run.turns) != len(run.gens):
         return f"{g.label()}: no decision logged"
     turn = run.turns[g.n]
@@ -128,9 +133,9 @@ def _restart_failure(run: Run, g: Gen, cached: int | None) -> str | None:
     if restored is None:
         ok = turn.get("reason") == "server_restart"
         return None if ok else f"{g.label()}: nothing restored, reason {turn.get('reason')}"
-    held = {p.file: p.n_restored for p in run.probes}.get(restored)
-    if held is None or cached is None or cached < held - MARGIN:
-        return f"{g.label()}: restored {restored} ({held} tokens), cache_n {cached}"
+    must = run.from_save.get(g.n)
+    if must is None or cached is None or cached < must:
+        return f"{g.label()}: restored {restored} (its prompt shares {must}), cache_n {cached}"
     return None
 
 
