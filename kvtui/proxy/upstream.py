@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -46,6 +47,7 @@ def supports(url: str) -> bool:
 class _Conn:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    opened: float = field(default_factory=time.monotonic)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -167,6 +169,14 @@ class UpstreamPool:
                 self._targets.clear()
             self._targets[url] = found
         return found
+
+    def kept_alive(self, url: str, seconds: float) -> bool:
+        """Whether an idle connection to ``url``'s server, opened at least ``seconds`` ago, is
+        still open: the server process has not changed since (a restart closes every
+        connection; not so behind another proxy, which is why the caller bounds ``seconds``)."""
+        host, port, _, _ = self._target(url)
+        now = time.monotonic()
+        return any(c.usable and now - c.opened >= seconds for c in self._idle.get((host, port), ()))
 
     def release(self, key: tuple[str, int], conn: _Conn) -> None:
         idle = self._idle.setdefault(key, [])
