@@ -5,8 +5,9 @@ directory, the automatic mode, and without one), and inside the dashboard (a rea
 process in a pseudo-terminal, where the proxy shares the event loop with the Textual app). The
 same SillyTavern-shaped two-token ``/completion`` on a cached prompt is sent directly to
 llama-server and through each proxy, rotating request by request; then a long streamed generation
-(2000 tokens, ``ignore_eos``) directly and through the proxies, alternating. The client is a plain
-kept-alive ``http.client`` connection, identical for every side.
+(2000 tokens, 600 with ``--quick``; ``ignore_eos``) directly and through the proxies,
+alternating. The client is a plain kept-alive ``http.client`` connection, identical for every
+side.
 
 The floor is a **bare relay** (:mod:`benchmarks.bare_relay`): kvtui's own uvicorn + relay stack
 (:class:`kvtui.proxy.relay.Relay`) in its own process, forwarding bytes with no routing, measured
@@ -280,10 +281,11 @@ def _throughput(ctx: Context, direct_url: str, proxies: list[ProxyProcess], labe
         [(USER, prose.line(120))],
         "Kael",
     )
-    body = st_body(prompt, group_stop("Kael", MEMBERS), stream=True, n_predict=2000)
+    length = ctx.reps(2000, 600)
+    body = st_body(prompt, group_stop("Kael", MEMBERS), stream=True, n_predict=length)
     body["ignore_eos"] = True
     reps = ctx.reps(5, 2)
-    note(f"streamed generation of 2000 tokens (ignore_eos){label}, {reps} rotating repetitions")
+    note(f"streamed generation of {length} tokens (ignore_eos){label}, {reps} rotating repetitions")
     sides = [("direct", Wire(direct_url))] + [(p.name, Wire(p.url)) for p in proxies]
     for _, wire in sides:  # warm-up, and the prompt is cached for every side
         wire.post("/completion", dict(body, n_predict=16))
