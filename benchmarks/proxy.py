@@ -314,7 +314,9 @@ def _throughput(ctx: Context, direct_url: str, proxies: list[ProxyProcess], labe
     # CPU is counted around each side's own streams only, so a proxy's idle background work
     # (its 1 s poll, watchers) while the other sides stream is not charged to its tokens.
     by_name = {p.name: p for p in proxies}
+    idle = _idle_rates(proxies, float(ctx.reps(10, 5)))
     cpu = {p.name: 0.0 for p in proxies}
+    streamed = {p.name: 0.0 for p in proxies}
     rate: dict[str, list[float]] = {name: [] for name, _ in sides}
     server_rate: dict[str, list[float]] = {name: [] for name, _ in sides}
     tokens_seen: dict[str, int] = {name: 0 for name, _ in sides}
@@ -326,6 +328,7 @@ def _throughput(ctx: Context, direct_url: str, proxies: list[ProxyProcess], labe
             reply = wire.post("/completion", body)
             if process is not None:
                 cpu[name] += process.cpu_seconds() - before
+                streamed[name] += reply.seconds
             final = last_sse_event(reply.body)
             tokens = int(final["timings"]["predicted_n"])
             tokens_seen[name] += tokens
@@ -351,8 +354,13 @@ def _throughput(ctx: Context, direct_url: str, proxies: list[ProxyProcess], labe
         name = f"{proxy.name} / direct streamed throughput{label}"
         ctx.add(Figure(NAME, name, ratio, "%", target, ok, headline=True))
         per_token = ms(cpu[proxy.name]) / tokens_seen[proxy.name] * 1000
-        target, ok = ("<= 60 us", per_token <= 60) if proxy.name in TARGETED else (None, None)
         name = f"{proxy.name}: process CPU per streamed token{label}"
-        ctx.add(Figure(NAME, name, per_token, "us", target, ok, headline=True))
+        ctx.add(Figure(NAME, name, per_token, "us", headline=True))
+        # The streaming itself: the time-driven idle work (1 s poll, watchers) is subtracted.
+        own_cpu = max(0.0, cpu[proxy.name] - idle[proxy.name] * streamed[proxy.name])
+        own = ms(own_cpu) / tokens_seen[proxy.name] * 1000
+        target, ok = ("<= 60 us", own <= 60) if proxy.name in TARGETED else (None, None)
+        name = f"{proxy.name}: process CPU per streamed token, idle CPU subtracted{label}"
+        ctx.add(Figure(NAME, name, own, "us", target, ok, headline=True))
     rates = ", ".join(f"{name} {median(values):.0f}" for name, values in server_rate.items())
     note(f"server-side predicted_per_second (tok/s): {rates}")
