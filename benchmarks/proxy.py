@@ -5,8 +5,9 @@ directory, the automatic mode, and without one), and inside the dashboard (a rea
 process in a pseudo-terminal, where the proxy shares the event loop with the Textual app). The
 same SillyTavern-shaped two-token ``/completion`` on a cached prompt is sent directly to
 llama-server and through each proxy, rotating request by request; then a long streamed generation
-(2000 tokens, ``ignore_eos``) directly and through the proxies, alternating. The client is a plain
-kept-alive ``http.client`` connection, identical for every side.
+(2000 tokens, 600 with ``--quick``; ``ignore_eos``) directly and through the proxies,
+alternating. The client is a plain kept-alive ``http.client`` connection, identical for every
+side.
 
 The floor is a **bare relay** (:mod:`benchmarks.bare_relay`): kvtui's own uvicorn + relay stack
 (:class:`kvtui.proxy.relay.Relay`) in its own process, forwarding bytes with no routing, measured
@@ -21,6 +22,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,7 +235,9 @@ def _latency(ctx: Context, direct_url: str, proxies: list[ProxyProcess]) -> None
             wire.post("/completion", body)
     times: dict[str, list[float]] = {name: [] for name, _ in sides}
     uncached = 0
+    idle = _idle_rates(proxies, float(ctx.reps(10, 5)))
     cpu_before = [p.cpu_seconds() for p in proxies]
+    started = time.monotonic()
     for i in range(n):
         shift = i % len(sides)
         for name, wire in sides[shift:] + sides[:shift]:
@@ -244,6 +248,7 @@ def _latency(ctx: Context, direct_url: str, proxies: list[ProxyProcess]) -> None
             if reply.json()["timings"]["prompt_n"] > 1:
                 uncached += 1
     cpu_after = [p.cpu_seconds() for p in proxies]
+    wall = time.monotonic() - started
     for _, wire in sides:
         wire.close()
     if uncached:
@@ -265,6 +270,24 @@ def _latency(ctx: Context, direct_url: str, proxies: list[ProxyProcess]) -> None
             ctx.add(Figure(NAME, name, routing, "ms", target, ok, headline=True))
         cpu = ms(after - before) / n
         ctx.add(Figure(NAME, f"{proxy.name}: process CPU per request", cpu, "ms"))
+        # The time-driven work (a 1 s /slots poll, file watchers, the dashboard's redraws) is
+        # charged to requests above in proportion to how slow the server answers them; this
+        # is what the requests themselves cost.
+        own = max(0.0, ms(after - before - idle[proxy.name] * wall) / n)
+        name = f"{proxy.name}: process CPU per request, idle CPU subtracted"
+        ctx.add(Figure(NAME, name, own, "ms", headline=proxy.name in (BARE, *TARGETED)))
+
+
+def _idle_rates(proxies: list[ProxyProcess], seconds: float) -> dict[str, float]:
+    """Each side's CPU seconds per second with no request in flight."""
+    before = {p.name: p.cpu_seconds() for p in proxies}
+    started = time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - started
+    rates = {p.name: (p.cpu_seconds() - before[p.name]) / wall for p in proxies}
+    shown = ", ".join(f"{name} {rate * 100:.2f} %" for name, rate in rates.items())
+    note(f"idle CPU over {wall:.0f} s (share of a core): {shown}")
+    return rates
 
 
 def _throughput(ctx: Context, direct_url: str, proxies: list[ProxyProcess], label: str) -> None:
@@ -280,17 +303,20 @@ def _throughput(ctx: Context, direct_url: str, proxies: list[ProxyProcess], labe
         [(USER, prose.line(120))],
         "Kael",
     )
-    body = st_body(prompt, group_stop("Kael", MEMBERS), stream=True, n_predict=2000)
+    length = ctx.reps(2000, 600)
+    body = st_body(prompt, group_stop("Kael", MEMBERS), stream=True, n_predict=length)
     body["ignore_eos"] = True
     reps = ctx.reps(5, 2)
-    note(f"streamed generation of 2000 tokens (ignore_eos){label}, {reps} rotating repetitions")
+    note(f"streamed generation of {length} tokens (ignore_eos){label}, {reps} rotating repetitions")
     sides = [("direct", Wire(direct_url))] + [(p.name, Wire(p.url)) for p in proxies]
     for _, wire in sides:  # warm-up, and the prompt is cached for every side
         wire.post("/completion", dict(body, n_predict=16))
     # CPU is counted around each side's own streams only, so a proxy's idle background work
     # (its 1 s poll, watchers) while the other sides stream is not charged to its tokens.
     by_name = {p.name: p for p in proxies}
+    idle = _idle_rates(proxies, float(ctx.reps(10, 5)))
     cpu = {p.name: 0.0 for p in proxies}
+    streamed = {p.name: 0.0 for p in proxies}
     rate: dict[str, list[float]] = {name: [] for name, _ in sides}
     server_rate: dict[str, list[float]] = {name: [] for name, _ in sides}
     tokens_seen: dict[str, int] = {name: 0 for name, _ in sides}
@@ -302,6 +328,7 @@ def _throughput(ctx: Context, direct_url: str, proxies: list[ProxyProcess], labe
             reply = wire.post("/completion", body)
             if process is not None:
                 cpu[name] += process.cpu_seconds() - before
+                streamed[name] += reply.seconds
             final = last_sse_event(reply.body)
             tokens = int(final["timings"]["predicted_n"])
             tokens_seen[name] += tokens
@@ -327,8 +354,13 @@ def _throughput(ctx: Context, direct_url: str, proxies: list[ProxyProcess], labe
         name = f"{proxy.name} / direct streamed throughput{label}"
         ctx.add(Figure(NAME, name, ratio, "%", target, ok, headline=True))
         per_token = ms(cpu[proxy.name]) / tokens_seen[proxy.name] * 1000
-        target, ok = ("<= 60 us", per_token <= 60) if proxy.name in TARGETED else (None, None)
         name = f"{proxy.name}: process CPU per streamed token{label}"
-        ctx.add(Figure(NAME, name, per_token, "us", target, ok, headline=True))
+        ctx.add(Figure(NAME, name, per_token, "us", headline=True))
+        # The streaming itself: the time-driven idle work (1 s poll, watchers) is subtracted.
+        own_cpu = max(0.0, cpu[proxy.name] - idle[proxy.name] * streamed[proxy.name])
+        own = ms(own_cpu) / tokens_seen[proxy.name] * 1000
+        target, ok = ("<= 60 us", own <= 60) if proxy.name in TARGETED else (None, None)
+        name = f"{proxy.name}: process CPU per streamed token, idle CPU subtracted{label}"
+        ctx.add(Figure(NAME, name, own, "us", target, ok, headline=True))
     rates = ", ".join(f"{name} {median(values):.0f}" for name, values in server_rate.items())
     note(f"server-side predicted_per_second (tok/s): {rates}")

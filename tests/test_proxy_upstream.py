@@ -182,3 +182,24 @@ def test_an_event_that_is_not_json_is_skipped_without_losing_the_others() -> Non
     observer.feed(b'event: x\ndata: {"content": "c"}\n\n')
     observer.finish()
     assert observer.text == "abc" and observer.final is None
+
+
+async def test_cancelling_before_the_answer_closes_the_connection_so_the_server_sees_it() -> None:
+    received = asyncio.Event()
+    server_saw_close = asyncio.Event()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        received.set()
+        if await reader.read(1) == b"":  # a long prefill, until the client goes away
+            server_saw_close.set()
+
+    async with serving(answer) as url:
+        pool = UpstreamPool()
+        task = asyncio.create_task(pool.request("POST", url + "/completion", [], b"{}"))
+        await asyncio.wait_for(received.wait(), 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(server_saw_close.wait(), 30)
+        await pool.aclose()

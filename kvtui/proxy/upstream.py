@@ -93,7 +93,7 @@ class UpstreamResponse:
                 while data := await self._conn.reader.read(READ_SIZE):
                     yield data
             self._done = True
-        except (OSError, asyncio.IncompleteReadError, ValueError) as err:
+        except (OSError, EOFError, ValueError) as err:
             raise UpstreamBroke(f"{type(err).__name__}: {err}") from err
 
     async def _sized(self) -> AsyncIterator[bytes]:
@@ -218,7 +218,7 @@ class UpstreamPool:
                 conn.writer.write(payload)
                 await asyncio.wait_for(conn.writer.drain(), WRITE_TIMEOUT)
                 return await self._head(conn, key, method)
-            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as err:
+            except (OSError, EOFError, TimeoutError, ValueError, asyncio.LimitOverrunError) as err:
                 if conn is not None:
                     conn.close()
                 # A kept-alive connection the server had just closed: try once on a new one.
@@ -227,6 +227,10 @@ class UpstreamPool:
                     continue
                 detail = str(err) or "no answer"
                 raise UpstreamUnreachable(f"{type(err).__name__}: {detail}") from err
+            except BaseException:  # cancelled (the client left): the server must see it too
+                if conn is not None:
+                    conn.close()
+                raise
         raise AssertionError("unreachable")
 
     async def _head(self, conn: _Conn, key: tuple[str, int], method: str) -> UpstreamResponse:
