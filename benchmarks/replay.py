@@ -24,6 +24,7 @@ import os
 import random
 import re
 import statistics
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,6 +347,10 @@ def _run_variant(ctx: Context, steps: list[Step], variant: str, rep: int) -> Tal
         try:
             tally = _replay(steps, proxy.url if proxy else server.url, server, st_dir, restarts)
         except RuntimeError as err:
+            for _ in range(100):  # a stopped server takes a moment to exit
+                if not server.running:
+                    break
+                time.sleep(0.1)
             if not server.running:  # stopped from outside (a shared machine): not a result
                 raise ServerGone(f"{variant}: llama-server stopped during the run: {err}") from err
             raise
