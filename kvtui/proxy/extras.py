@@ -24,7 +24,7 @@ from kvtui.recall.hook import build_engine, inject
 from kvtui.service import KvService, RouteDecision, SaveOutcome
 from kvtui.slots import GenType
 from kvtui.warmth import TurnTicket, WarmthLedger, WarmthPolicy
-from kvtui.warmth.bridge import begin_routed, saved_prompt_chars
+from kvtui.warmth.bridge import begin_routed, saved_chars_reader
 from kvtui.warmth.gate import WarmthGate
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class RouterExtras:
             settings.state_dir,
             tokenize=service.tokenize,
             policy=policy,
-            saved_chars=lambda name: saved_prompt_chars(service.store, name),
+            saved_chars=saved_chars_reader(service),
             on_error=self._accounting_error,
         )
         self.gate = WarmthGate(service, self.ledger)
