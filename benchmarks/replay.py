@@ -24,6 +24,7 @@ import os
 import random
 import re
 import statistics
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,8 +228,31 @@ def _chat_files(st_dir: Path) -> dict[str, Path]:
     }
 
 
+_BOOKED = re.compile(r"\[route\] .+ · (?:slot \d+|no slot)")
+
+
+def wait_booked(proxy_log: Path | None, count: int, timeout: float = 120.0) -> None:
+    """Wait until kvtui has booked ``count`` replies (its one decision line each comes after
+    the reply's autosave): a user restarts llama-server a while after the last reply, never
+    while kvtui is still saving it."""
+    if proxy_log is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = proxy_log.read_text(errors="replace") if proxy_log.exists() else ""
+        if len(_BOOKED.findall(text)) >= count:
+            return
+        time.sleep(0.1)
+    note(f"kvtui had not booked {count} replies after {timeout:.0f} s; restarting anyway")
+
+
 def _replay(
-    steps: list[Step], url: str, server: EmbeddedServer, st_dir: Path, restarts: bool = True
+    steps: list[Step],
+    url: str,
+    server: EmbeddedServer,
+    st_dir: Path,
+    restarts: bool = True,
+    proxy_log: Path | None = None,
 ) -> Tally:
     files = _chat_files(st_dir)
     wire = Wire(url)
@@ -242,6 +266,7 @@ def _replay(
                     write_chat_line(files[step.chat], step.name, step.is_user, step.text)
             elif isinstance(step, Restart):
                 if restarts:
+                    wait_booked(proxy_log, tally.requests)
                     wire.close()
                     server.restart()
             else:
@@ -344,8 +369,14 @@ def _run_variant(ctx: Context, steps: list[Step], variant: str, rep: int) -> Tal
                     os.environ[k] = v
     try:
         try:
-            tally = _replay(steps, proxy.url if proxy else server.url, server, st_dir, restarts)
+            url = proxy.url if proxy else server.url
+            booked = proxy.log if proxy else None
+            tally = _replay(steps, url, server, st_dir, restarts, booked)
         except RuntimeError as err:
+            for _ in range(100):  # a stopped server takes a moment to exit
+                if not server.running:
+                    break
+                time.sleep(0.1)
             if not server.running:  # stopped from outside (a shared machine): not a result
                 raise ServerGone(f"{variant}: llama-server stopped during the run: {err}") from err
             raise

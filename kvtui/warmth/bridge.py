@@ -112,8 +112,8 @@ def saved_prompt_chars(store: SaveStore | None, filename: str) -> int | None:
     return length if isinstance(length, int) and length >= 0 else None
 
 
-def save_lengths(service: KvService) -> Callable[[str], int | None]:
-    """``saved_prompt_chars`` bound to the service's current store (it changes with settings)."""
+def saved_chars_reader(service: KvService) -> Callable[[str], int | None]:
+    """:func:`saved_prompt_chars` on the service's save directory, for the ledger."""
     return lambda filename: saved_prompt_chars(service.store, filename)
 
 
