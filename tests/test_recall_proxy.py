@@ -107,7 +107,7 @@ class Scene:
             assert resp.status_code == 200, raw
         events = sse_events(raw)
         assert events, raw
-        self.last_reply = "".join(str(e.get("content", "")) for e in events)
+        self.last_reply = "".join(_piece(e) for e in events)
         await self.h.proxy.app.settled()
         await self.h.proxy.app.extras.ledger.drain()
         assert len(self.sent) == before + 1
@@ -135,6 +135,14 @@ class Scene:
         sent = await self.tc(tc_prompt(self.messages))
         self.reply()
         return sent
+
+
+def _piece(event: dict[str, Any]) -> str:
+    """The reply text of one streamed event (``/completion`` or an OpenAI chunk)."""
+    if "choices" in event:
+        choices = event["choices"] or [{}]
+        return str((choices[0].get("delta") or {}).get("content") or "")
+    return str(event.get("content", ""))
 
 
 def text_of(sent: dict[str, Any]) -> str:
