@@ -65,9 +65,9 @@ HISTORY_WINDOW = 1024
 """Characters at the end of a history that decide "same turn" when the whole text differs."""
 
 EDITED_WITHIN_S = 30.0
-"""A chat file written this recently, whose last reply the prompt lacks, was edited (or had
-messages deleted) just before the request: a new turn, not a swipe. Opening a chat writes
-nothing, so a swipe as the first action after an open finds an older file."""
+"""When the index has not seen the chat file's previous version: a file written this recently,
+whose last reply the prompt lacks, was edited (or had messages deleted) just before the
+request: a new turn, not a swipe. Otherwise the index says whether its last change was one."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,8 @@ class ChatEvidence:
     unseen_user: bool = False
     written_ago: float | None = None
     """Seconds since the chat file was written, when known."""
+    rewritten: bool | None = None
+    """Its last change edited or deleted messages (None: unknown, ``written_ago`` decides)."""
 
 
 def _same_window(a: str, b: str) -> bool:
@@ -248,7 +250,10 @@ def _from_chat(
         return None
     if character is not None and character not in chat.unseen_speakers:
         return None
-    if chat.written_ago is not None and chat.written_ago < EDITED_WITHIN_S:
+    edited = chat.rewritten
+    if edited is None:
+        edited = chat.written_ago is not None and chat.written_ago < EDITED_WITHIN_S
+    if edited:
         return GenType.NORMAL, "the chat was just rewritten (an edit or delete) before this reply"
     return GenType.SWIPE, "the chat's last reply is not in the prompt: a swipe or regenerate"
 

@@ -189,11 +189,18 @@ class Automatic:
             core.book.release(slot)
             free.append(slot)
         held = core.book.last_held
+        # Each character back in the slot it last held first (what that slot still holds of
+        # its card is a prefix the server reuses for nothing), then the others in free slots:
+        # an earlier member never takes a later member's own slot.
+        waiting: list[str] = []
         for character in characters:
-            if not free:
-                break
             own = [s for s in free if held.get(s) == character]
-            slot = own[0] if own else free[0]
+            if own:
+                free.remove(own[0])
+                core.book.assign(own[0], chat, character)
+            else:
+                waiting.append(character)
+        for character, slot in zip(waiting, list(free), strict=False):
             free.remove(slot)
             core.book.assign(slot, chat, character)
         core.persist()
