@@ -133,3 +133,33 @@ def test_kept_recall_is_bounded_by_its_budget() -> None:
     assert text.startswith(first + " Yes.")  # the sword recall is still kept ...
     assert "mint tea" not in text  # ... the tea one was not (it did not fit)
     assert text.endswith("Wolves?\nShadow wolves hunt at night.\nSeraphina:")
+
+
+def cc(chat: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """Chat Completion messages with the Author's Note as a system message at depth 0."""
+    out = [{"role": "system", "content": "Seraphina guards the forest."}]
+    out += [{"role": role, "content": text} for role, text in chat]
+    return [*out, {"role": "system", "content": "{{kvtui_memories}}"}]
+
+
+def test_chat_completion_keeps_the_recall_message_where_it_was() -> None:
+    eng = engine()
+
+    def send_cc(chat: list[tuple[str, str]], gen: GenType = GenType.NORMAL) -> list[object]:
+        body = {"messages": cc(chat)}
+        out = eng.apply(body, chat=CHAT, character=CHAR, gen_type=gen)
+        return list(out.body["messages"])
+
+    chat = [("user", "Where is my sword?")]
+    first = send_cc(chat)
+    assert first[-1] == {"role": "system", "content": "Alex's sword lies by the river."}
+    chat += [("assistant", "By the river."), ("user", "And some tea?")]
+    second = send_cc(chat)
+    assert second[: len(first)] == first  # the sword note stays after the message it followed
+    assert second[len(first)] == {"role": "assistant", "content": "By the river."}
+    assert second[-1] == {"role": "system", "content": "Seraphina brews mint tea at dusk."}
+    assert send_cc(chat, GenType.REGENERATE) == second
+    chat[2] = ("user", "And some wine?")  # edited: nothing matches, the note goes
+    third = send_cc(chat, GenType.REGENERATE)
+    assert third == [*first, {"role": "assistant", "content": "By the river."},
+                     {"role": "user", "content": "And some wine?"}]  # fmt: skip

@@ -2,11 +2,11 @@
 shaped as SillyTavern 1.19 sends them (``tests/st119.py``), a SillyTavern data directory whose
 chat file is written as SillyTavern writes it, and the chat's kvtui memory book in ``worlds/``.
 
-Each row checks what reached llama-server (the memory text in the forwarded prompt, recorded on
-the proxy's upstream client) and the turn's ``recall`` object in ``turns.jsonl`` (computed,
-recomputed or reused, and why). The Author's Note holding ``{{kvtui_memories}}`` sits at depth 0:
-its own line after the last message (Text Completion), a system message after it (Chat
-Completion).
+Each row checks what reached llama-server (the memory text in the forwarded prompt, recorded
+where the proxy hands it to its upstream client) and the turn's ``recall`` object in
+``turns.jsonl`` (computed, recomputed or reused, and why). The Author's Note holding
+``{{kvtui_memories}}`` sits at depth 0: its own line after the last message (Text Completion), a
+system message after it (Chat Completion).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
 from kvtui.cli import main
@@ -28,6 +28,7 @@ from kvtui.events import Kind
 from kvtui.memory.contract import Memory as Written
 from kvtui.memory.lorebook import EntrySettings, Lorebook, book_file_name, book_name
 from kvtui.memory.settings import MemorySettings
+from kvtui.proxy.relay import RelayOutcome, UpstreamRequest
 from tests import st119
 from tests.st119 import CHAT_B, CHAT_B_MESSAGES, SERA, USER, Msg
 from tests.test_proxy import Harness, make_settings, running_proxy, sse_events
@@ -107,7 +108,7 @@ class Scene:
             assert resp.status_code == 200, raw
         events = sse_events(raw)
         assert events, raw
-        self.last_reply = "".join(str(e.get("content", "")) for e in events)
+        self.last_reply = "".join(_piece(e) for e in events)
         await self.h.proxy.app.settled()
         await self.h.proxy.app.extras.ledger.drain()
         assert len(self.sent) == before + 1
@@ -135,6 +136,14 @@ class Scene:
         sent = await self.tc(tc_prompt(self.messages))
         self.reply()
         return sent
+
+
+def _piece(event: dict[str, Any]) -> str:
+    """The reply text of one streamed event (``/completion`` or an OpenAI chunk)."""
+    if "choices" in event:
+        choices = event["choices"] or [{}]
+        return str((choices[0].get("delta") or {}).get("content") or "")
+    return str(event.get("content", ""))
 
 
 def text_of(sent: dict[str, Any]) -> str:
@@ -175,14 +184,17 @@ async def scene(
     async with running_proxy(config) as h:
         sent: list[dict[str, Any]] = []
 
-        async def record(request: httpx.Request) -> None:
-            if request.method == "POST" and (
-                request.url.path.endswith("/completion")
-                or request.url.path.endswith("/chat/completions")
-            ):
-                sent.append(json.loads(request.content))
+        relay = h.proxy.app.relay
+        forward = relay.forward
 
-        h.proxy.app.relay.client.event_hooks["request"].append(record)
+        async def record(request: UpstreamRequest, *args: Any, **kwargs: Any) -> RelayOutcome:
+            """What kvtui hands its upstream client: the bytes llama-server receives."""
+            path = urlsplit(request.url).path
+            if request.method == "POST" and path.endswith(("/completion", "/chat/completions")):
+                sent.append(json.loads(request.body))
+            return await forward(request, *args, **kwargs)
+
+        relay.forward = record  # type: ignore[method-assign]
         yield Scene(h, user_dir, sent)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from kvtui.embedded.server import EmbeddedServer
 from tests.st119 import SERA, USER
-from tests.test_recall_proxy import SWORD, TEA, Scene, scene, tc_prompt, text_of
+from tests.test_recall_proxy import SWORD, TEA, Scene, cc_messages, scene, tc_prompt, text_of
 
 pytestmark = pytest.mark.server
 
@@ -61,3 +61,26 @@ async def test_without_it_the_moved_recall_costs_the_reply(
         before = len(await s.h.service.tokenize(text_of(first)[: text_of(first).index(SWORD)]))
         assert turn.cache_n <= before + 2 < held  # cached only up to where the recall was
         assert recall["lost_tokens"] > 0 and recall["cost_tokens"] > recall["tokens"]
+
+
+async def test_chat_completion_keeps_the_note_and_the_reply_cached(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    async with scene(clean_server, tmp_path, recall_keep_in_history=True) as s:
+        s.messages.append((USER, "Will you lend me your sword for the road?"))
+        s.save_chat()
+        first = await s.cc(cc_messages(s.messages))
+        assert first["messages"][-1] == {"role": "system", "content": SWORD}
+        turn = s.h.proxy.app.extras.ledger.records()[-1]
+        assert s.last_reply and turn.predicted_n
+        s.messages.append((SERA, s.last_reply))
+        s.messages.append((USER, "Could I have a cup of tea before we go?"))
+        s.save_chat()
+        second = await s.cc(cc_messages(s.messages))
+        n = len(first["messages"])
+        assert second["messages"][:n] == first["messages"]  # the sword note stayed
+        assert second["messages"][-1] == {"role": "system", "content": TEA}
+        again = s.h.proxy.app.extras.ledger.records()[-1]
+        assert again.cache_n >= turn.total + turn.predicted_n - 1 - 3, (again, turn)
+        recall = s.recall()
+        assert recall is not None and recall["lost_tokens"] == 0

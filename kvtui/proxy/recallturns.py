@@ -128,7 +128,8 @@ def _sent_prompt(pending: Pending, prompt: str) -> str:
 def _span(pending: Pending, prompt: str, sent: str) -> Span | None:
     """This turn's recall in ``sent``: where the engine put it in a text prompt (earlier
     turns' recall kept in the prompt is not part of it), else where the prompts differ."""
-    t = pending.outcome.telemetry
+    t, text = pending.outcome.telemetry, pending.outcome.text
     if isinstance(pending.outcome.body.get("prompt"), str) and t.position is not None:
         return t.position, t.position + t.chars
-    return injection_span(prompt, sent)
+    at = sent.rfind(text) if text else -1  # messages: the rendering's last copy of it
+    return (at, at + len(text)) if at >= 0 else injection_span(prompt, sent)

@@ -98,6 +98,7 @@ class RecallOutcome:
     body: dict[str, Any]  # what to forward (the caller's body itself when nothing changed)
     telemetry: RecallTelemetry
     values: Mapping[str, str] = field(default_factory=dict)  # each macro's replacement text
+    text: str = ""  # this turn's recall as injected
 
 
 class RecallEngine:
@@ -214,15 +215,18 @@ class RecallEngine:
         out = replaced.body if replaced.changed else body
         position = placed[s.macro].position if s.macro in placed else None
         chars_after = placed[s.macro].chars_after if s.macro in placed else None
-        if plan is not None and isinstance(out.get("prompt"), str):
-            prompt, kept, position = pins.finish(
-                plan, out["prompt"], text, ids, s.keep_budget, self.count_tokens
+        if plan is not None:
+            kept_body, kept, position = pins.finish(
+                plan, out, text, ids, s.keep_budget, self.count_tokens
             )
-            out = {**out, "prompt": prompt} if prompt != body.get("prompt") else body
+            out = body if kept_body == body else kept_body
             held = self.state.characters.get((chat, character))
             if held is not None and decision is not Decision.TRANSIENT and gen_type in _TURNS:
                 held.pins = kept
-            chars_after = len(prompt) - position - len(text) if position is not None else None
+            prompt = out.get("prompt")
+            chars_after = None
+            if position is not None and isinstance(prompt, str):
+                chars_after = len(prompt) - position - len(text)
         telemetry = RecallTelemetry(
             "found",
             decision,
@@ -242,7 +246,7 @@ class RecallEngine:
             warnings=warnings,
         )
         self._save()
-        return RecallOutcome(out, telemetry, values)
+        return RecallOutcome(out, telemetry, values, text)
 
     def note_event(self, chat: str, kind: str, character: str | None = None) -> None:
         """A companion-extension event (``POST /kvtui/v1/event``): an edited or deleted message

@@ -16,12 +16,14 @@ injects at the same place: the current recall replaces it). Memories a kept pin 
 out of the new recall, so a memory is shown once. Pins are bounded by ``keep_budget`` tokens: once
 they fill it, a new turn's recall is injected but not kept (it then costs what it costs without
 this setting); SillyTavern trimming the top of a full context drops them all. Text completion
-prompts only.
+prompts (offsets in characters) and Chat Completion messages where the macro is a message of its
+own, such as SillyTavern's Author's Note in chat (offsets in messages).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,15 +85,19 @@ def macro_offset(base: str, marked: str) -> int | None:
     return at
 
 
-def kept(pins: Sequence[Pin], base: str, offset: int) -> list[Pin]:
+def prefix_digest(base: str | list[Any], offset: int) -> str:
+    """The hash of what comes before ``offset``: characters of a prompt, or messages."""
+    if isinstance(base, str):
+        return digest(base[:offset])
+    return digest(json.dumps(base[:offset], ensure_ascii=False, sort_keys=True))
+
+
+def kept(pins: Sequence[Pin], base: str | list[Any], offset: int) -> list[Pin]:
     """The pins still valid for ``base`` whose recall must stay, the macro being at ``offset``."""
     out: list[Pin] = []
     for pin in sorted(pins, key=lambda p: p.offset):
-        if (
-            pin.offset >= offset
-            or pin.offset > len(base)
-            or digest(base[: pin.offset]) != pin.digest
-        ):
+        stale = pin.offset > len(base) or prefix_digest(base, pin.offset) != pin.digest
+        if pin.offset >= offset or stale:
             break  # an earlier text changed: this pin and every later one are gone
         out.append(pin)
     return out
@@ -124,9 +130,10 @@ def build(base: str, pins: Sequence[Pin]) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """Where this turn's recall goes in the base prompt, and the pins kept before it."""
+    """Where this turn's recall goes in the base prompt (a text prompt's characters, or a
+    message list: the recall is then a message of its own), and the pins kept before it."""
 
-    base: str
+    base: str | list[Any]
     offset: int
     kept: tuple[Pin, ...]
 
@@ -143,34 +150,77 @@ def plan(
     budget: int,
     count: TokenCounter,
 ) -> Plan | None:
-    """The plan for a text-completion ``body`` (``values``: the other macros' texts), or
-    ``None`` when the prompt is not one string holding the macro."""
-    if not isinstance(body.get("prompt"), str):
-        return None
-    base = replace_macros(body, {**values, macro: ""}).body.get("prompt")
-    marked = replace_macros(body, {**values, macro: SENTINEL}).body.get("prompt")
-    if not isinstance(base, str) or not isinstance(marked, str):
-        return None
-    offset = macro_offset(base, marked)
-    if offset is None:
+    """The plan for ``body`` (``values``: the other macros' texts), or ``None`` when neither
+    its prompt is one string holding the macro nor one of its messages is the macro alone."""
+    field = "prompt" if isinstance(body.get("prompt"), str) else "messages"
+    base = replace_macros(body, {**values, macro: ""}).body.get(field)
+    marked = replace_macros(body, {**values, macro: SENTINEL}).body.get(field)
+    offset: int | None = None
+    if isinstance(base, str) and isinstance(marked, str):
+        offset = macro_offset(base, marked)
+    elif isinstance(base, list) and isinstance(marked, list):
+        offset = _message_offset(base, marked)
+    if offset is None or base is None:
         return None
     return Plan(base, offset, tuple(within_budget(kept(pins, base, offset), budget, count)))
 
 
+def _message_offset(base: list[Any], marked: list[Any]) -> int | None:
+    """The index of the message that is the macro alone (an Author's Note as its own system
+    message), when the list is ``base`` with that one message more."""
+    if len(marked) != len(base) + 1:
+        return None
+    for i, message in enumerate(marked):
+        if isinstance(message, Mapping) and message.get("content") == SENTINEL:
+            return i if marked[:i] == base[:i] and marked[i + 1 :] == base[i:] else None
+    return None
+
+
 def finish(
-    p: Plan, sent: str, text: str, ids: Sequence[str], budget: int, count: TokenCounter
-) -> tuple[str, tuple[Pin, ...], int | None]:
-    """The prompt to send (``sent`` with the kept pins put back), the pins to keep for the
-    next turn (this turn's recall among them while they fit ``budget`` tokens: once full, a new
-    recall is not kept — dropping old ones would re-prefill the chat from the first of them),
-    and where this turn's ``text`` starts in the prompt."""
-    inserted = insertion(p.base, sent, p.offset)
+    p: Plan,
+    body: Mapping[str, Any],
+    text: str,
+    ids: Sequence[str],
+    budget: int,
+    count: TokenCounter,
+) -> tuple[dict[str, Any], tuple[Pin, ...], int | None]:
+    """``body`` (the request with this turn's recall injected) with the kept pins put back,
+    the pins to keep for the next turn (this turn's recall among them while they fit
+    ``budget`` tokens: once full, a new recall is not kept — dropping old ones would re-prefill
+    the chat from the first of them), and where ``text`` starts in a text prompt."""
+    if isinstance(p.base, str):
+        sent = body.get("prompt")
+        inserted = insertion(p.base, sent, p.offset) if isinstance(sent, str) else None
+    else:
+        inserted = _inserted_message(p.base, body.get("messages"), p.offset)
     if inserted is None:  # not one insertion at the macro: send it as it is, keep nothing
-        return sent, (), None
-    current = Pin(p.offset, digest(p.base[: p.offset]), inserted, tuple(ids))
-    before = sum(len(pin.text) for pin in p.kept)
-    position = p.offset + before + max(inserted.find(text), 0) if text else None
-    prompt = build(p.base, (*p.kept, current))
+        return dict(body), (), None
+    current = Pin(p.offset, prefix_digest(p.base, p.offset), inserted, tuple(ids))
+    pins = (*p.kept, current) if inserted else p.kept
     used = sum(count(pin.text) for pin in p.kept)
     fits = bool(inserted) and used + count(inserted) <= budget
-    return prompt, (*p.kept, current) if fits else p.kept, position
+    position: int | None = None
+    if isinstance(p.base, str):
+        before = sum(len(pin.text) for pin in p.kept)
+        position = p.offset + before + max(inserted.find(text), 0) if text else None
+        out = {**body, "prompt": build(p.base, pins)}
+    else:
+        messages = list(p.base)
+        for pin in sorted(pins, key=lambda q: q.offset, reverse=True):
+            messages.insert(pin.offset, json.loads(pin.text))
+        out = {**body, "messages": messages}
+    return out, (*p.kept, current) if fits else p.kept, position
+
+
+def _inserted_message(base: list[Any], sent: object, offset: int) -> str | None:
+    """The JSON of the one message ``sent`` holds at ``offset`` that ``base`` does not ("" when
+    nothing was inserted)."""
+    if not isinstance(sent, list):
+        return None
+    if sent == base:
+        return ""
+    if len(sent) != len(base) + 1 or sent[:offset] != base[:offset]:
+        return None
+    if sent[offset + 1 :] != base[offset:]:
+        return None
+    return json.dumps(sent[offset], ensure_ascii=False, sort_keys=True)

@@ -80,7 +80,8 @@ class RecallSettings(BaseModel):
     reply written after it stays cached; a memory already shown there is not repeated."""
 
     keep_budget: int = Field(default=1000, ge=1, le=100_000)
-    """Most tokens of earlier turns' recall kept in the prompt (the oldest go first)."""
+    """Most tokens of earlier turns' recall kept in the prompt (estimated as characters / 4);
+    once full, a new turn's recall is injected but not kept."""
 
     exclude_longterm: bool = True
     """Leave memories already in the long-term block out of the per-turn recall."""
