@@ -1,8 +1,9 @@
 """The floor for the proxy benchmark: kvtui's own relay stack with no routing at all.
 
 The same uvicorn server (configured as ``kvtui proxy`` configures it, on a socket bound the same
-way) and the same httpx relay (:class:`kvtui.proxy.relay.Relay`, with the same header policy)
-forward every request to llama-server byte for byte. Nothing is parsed, identified, routed or
+way) and the same relay (:class:`kvtui.proxy.relay.Relay`: its lean HTTP/1.1 client for a plain
+``http://`` server, with the same header policy) forward every request to llama-server byte for
+byte. Nothing is parsed, identified, routed or
 booked, so ``kvtui proxy`` minus this is what routing costs.
 
 Run: ``python -m benchmarks.bare_relay --upstream URL --listen 127.0.0.1:PORT`` (until SIGINT).

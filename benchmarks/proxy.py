@@ -3,19 +3,22 @@
 The proxy runs as users run it: ``kvtui proxy`` in its own process (with a SillyTavern data
 directory, the automatic mode, and without one), and inside the dashboard (a real ``kvtui``
 process in a pseudo-terminal, where the proxy shares the event loop with the Textual app). The
-same SillyTavern-shaped one-token ``/completion`` on a cached prompt is sent directly to
+same SillyTavern-shaped two-token ``/completion`` on a cached prompt is sent directly to
 llama-server and through each proxy, rotating request by request; then a long streamed generation
 (2000 tokens, ``ignore_eos``) directly and through the proxies, alternating. The client is a plain
 kept-alive ``http.client`` connection, identical for every side.
 
-The floor is a **bare relay** (:mod:`benchmarks.bare_relay`): kvtui's own uvicorn + httpx relay
-stack in its own process, forwarding bytes with no routing, measured in the same rotation. kvtui
-minus the bare relay is what routing costs (target: p50 ≤ 1 ms per generation request).
+The floor is a **bare relay** (:mod:`benchmarks.bare_relay`): kvtui's own uvicorn + relay stack
+(:class:`kvtui.proxy.relay.Relay`) in its own process, forwarding bytes with no routing, measured
+in the same rotation. kvtui minus the bare relay is what routing costs (target: p50 ≤ 1 ms per
+generation request). With ``$BENCH_BASELINE_KVTUI_COMMAND`` set, another kvtui (the code before
+a change) runs as one more side, ``proxy (baseline)``, in the same rotation.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -55,6 +58,15 @@ TARGETED = ("proxy", "proxy in the dashboard")
 BARE = "bare relay"
 """The floor: the same relay stack with no routing."""
 REPO = Path(__file__).resolve().parent.parent
+BASELINE_ENV = "BENCH_BASELINE_KVTUI_COMMAND"
+"""A second kvtui (e.g. the code before a change) run as one more side, ``proxy (baseline)``,
+in the same rotation: a before/after comparison measured under the same load."""
+BASELINE = "proxy (baseline)"
+
+
+def baseline_command() -> list[str] | None:
+    value = os.environ.get(BASELINE_ENV, "").strip()
+    return shlex.split(value) if value else None
 
 
 @dataclass
@@ -73,12 +85,19 @@ class ProxyProcess:
 
 
 def start_proxy(
-    ctx: Context, name: str, server_url: str, save_dir: Path, st_dir: Path | None
+    ctx: Context,
+    name: str,
+    server_url: str,
+    save_dir: Path,
+    st_dir: Path | None,
+    command: list[str] | None = None,
 ) -> ProxyProcess:
-    """``kvtui proxy`` on a free port, with its own state directory; waits until it answers."""
-    home = ctx.dir(f"{NAME}-{name.replace(' ', '-')}")
+    """``kvtui proxy`` on a free port, with its own state directory; waits until it answers.
+    ``command`` starts another kvtui (the baseline side) instead of this one."""
+    home = ctx.dir(f"{NAME}-{name.replace(' ', '-').replace('(', '').replace(')', '')}")
     port = free_port()
-    cmd = kvtui_command() + ["proxy", "--server", server_url, "--save-dir", str(save_dir)]
+    cmd = (command or kvtui_command()) + ["proxy", "--server", server_url]
+    cmd += ["--save-dir", str(save_dir)]
     if st_dir is not None:
         cmd += ["--st-dir", str(st_dir)]
     cmd += ["--listen", f"127.0.0.1:{port}"]
@@ -155,6 +174,9 @@ def _prompt() -> str:
 
 async def run(ctx: Context) -> None:
     heading("2. Proxy overhead (kvtui proxy, and the proxy inside the dashboard)")
+    baseline = baseline_command()
+    if baseline is not None:
+        note(f"baseline side: {' '.join(baseline)} (${BASELINE_ENV})")
     server = start_server(ctx, NAME, n_slots=2, n_ctx=8192, cache_ram_mib=0)
     assert server.save_dir is not None
     st_dir = copy_sample(ctx.dir(NAME) / "st-data")
@@ -166,8 +188,13 @@ async def run(ctx: Context) -> None:
         proxies.append(
             start_dashboard(ctx, "proxy in the dashboard", server.url, server.save_dir, st_dir)
         )
+        if baseline is not None:
+            proxies.append(
+                start_proxy(ctx, BASELINE, server.url, server.save_dir, st_dir, baseline)
+            )
         _latency(ctx, server.url, proxies)
-        _throughput(ctx, server.url, [proxies[0], proxies[1], proxies[3]], "")
+        streamed = [p for p in proxies if p.name != "proxy without ST dir"]
+        _throughput(ctx, server.url, streamed, "")
     finally:
         for proxy in proxies:
             proxy.stop()
@@ -179,6 +206,8 @@ async def run(ctx: Context) -> None:
     free = [start_bare_relay(ctx, server.url)]
     try:
         free.append(start_proxy(ctx, "proxy", server.url, server.save_dir, st_dir))
+        if baseline is not None:
+            free.append(start_proxy(ctx, BASELINE, server.url, server.save_dir, st_dir, baseline))
         _throughput(ctx, server.url, free, " (server on 1 thread)")
     finally:
         for proxy in free:
@@ -188,12 +217,15 @@ async def run(ctx: Context) -> None:
 
 def _latency(ctx: Context, direct_url: str, proxies: list[ProxyProcess]) -> None:
     prompt = _prompt()
-    body = st_body(prompt, group_stop("Seraphina", MEMBERS), stream=False, n_predict=1)
+    # Two tokens, not one: kvtui takes a 0/1-token request for a cache warm-up (a quiet
+    # generation), which with SillyTavern's traffic runs as a background job in a lent slot.
+    # The figure is about a character's turn.
+    body = st_body(prompt, group_stop("Seraphina", MEMBERS), stream=False, n_predict=2)
     sides = [("direct", Wire(direct_url))] + [(p.name, Wire(p.url)) for p in proxies]
     n = ctx.reps(300, 100)
     first = sides[0][1].post("/completion", body).json()
     note(
-        f"prompt {first['tokens_evaluated']} tokens, n_predict 1, cached; {n} requests per "
+        f"prompt {first['tokens_evaluated']} tokens, n_predict 2, cached; {n} requests per "
         f"side, rotating {' / '.join(name for name, _ in sides)}"
     )
     for _ in range(10):  # warm-up: chat switch, routing, connection pools

@@ -343,7 +343,12 @@ def _run_variant(ctx: Context, steps: list[Step], variant: str, rep: int) -> Tal
                 else:
                     os.environ[k] = v
     try:
-        tally = _replay(steps, proxy.url if proxy else server.url, server, st_dir, restarts)
+        try:
+            tally = _replay(steps, proxy.url if proxy else server.url, server, st_dir, restarts)
+        except RuntimeError as err:
+            if not server.running:  # stopped from outside (a shared machine): not a result
+                raise ServerGone(f"{variant}: llama-server stopped during the run: {err}") from err
+            raise
     finally:
         if proxy is not None:
             proxy.stop()
@@ -357,6 +362,20 @@ def _run_variant(ctx: Context, steps: list[Step], variant: str, rep: int) -> Tal
         tally.events.update(_EVENT.findall(log))
         tally.errors = [line for line in log.splitlines() if " ✗ " in line]
     return tally
+
+
+class ServerGone(RuntimeError):
+    """The variant's llama-server process exited while the session was replayed."""
+
+
+def _run_with_retry(ctx: Context, steps: list[Step], variant: str, rep: int) -> Tally:
+    """A variant's run, once more (said in a note) when its server was stopped from outside."""
+    for attempt in range(3):
+        try:
+            return _run_variant(ctx, steps, variant, rep + 10 * attempt)
+        except ServerGone as err:
+            note(f"{err}; running it again")
+    raise RuntimeError(f"{variant}: llama-server kept stopping during the run")
 
 
 VARIANTS = ("kvtui proxy", "direct", RAM, KVTUI_RAM, IDEAL)
@@ -389,7 +408,7 @@ async def _run(
     for rep in range(reps):
         order = variants if rep % 2 == 0 else tuple(reversed(variants))
         for variant in order:
-            runs[variant].append(_run_variant(ctx, steps, variant, rep))
+            runs[variant].append(_run_with_retry(ctx, steps, variant, rep))
             last = runs[variant][-1]
             note(f"run {rep + 1}, {variant}: {last.prompt_n:,} prefilled, {last.seconds:.1f} s")
     sizes = runs["direct"][0].sizes

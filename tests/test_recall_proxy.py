@@ -77,6 +77,7 @@ class Scene:
     sent: list[dict[str, Any]]
     messages: list[Msg] = field(default_factory=lambda: list(CHAT_B_MESSAGES))
     replies: int = 0
+    last_reply: str = ""  # what the model wrote in the last Text Completion request
 
     def save_chat(self) -> None:
         path = self.user_dir / "chats" / SERA / f"{CHAT_B}.jsonl"
@@ -104,7 +105,9 @@ class Scene:
         async with self.h.client.stream("POST", path, json=body) as resp:
             raw = b"".join([chunk async for chunk in resp.aiter_raw()])
             assert resp.status_code == 200, raw
-        assert sse_events(raw), raw
+        events = sse_events(raw)
+        assert events, raw
+        self.last_reply = "".join(str(e.get("content", "")) for e in events)
         await self.h.proxy.app.settled()
         await self.h.proxy.app.extras.ledger.drain()
         assert len(self.sent) == before + 1
@@ -150,10 +153,21 @@ def write_book(user_dir: Path, memories: list[tuple[str, str, tuple[str, ...]]])
         )
 
 
+KEEP = {"value": False}
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["plain", "kept-in-history"])
+def keep_in_history(request: pytest.FixtureRequest) -> None:
+    """Every row holds with ``recall_keep_in_history`` too (it changes only where earlier
+    turns' recall stays, never what this turn's is)."""
+    KEEP["value"] = bool(request.param)
+
+
 @asynccontextmanager
 async def scene(
     server: EmbeddedServer, tmp_path: Path, *, book: bool = True, **settings: Any
 ) -> AsyncIterator[Scene]:
+    settings.setdefault("recall_keep_in_history", KEEP["value"])
     user_dir = st119.build(tmp_path / "st" / "default-user", now=time.time())
     if book:
         write_book(user_dir, BOOK)
@@ -386,6 +400,17 @@ async def test_without_the_macro_nothing_is_injected_even_with_a_cached_recall(
         body = st119.cc_body(cc_messages(s.messages, note=False))
         cc = await s.cc(body["messages"])
         assert cc["messages"] == body["messages"]
+
+
+async def test_the_macro_in_any_case_and_with_spaces_is_replaced(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    async with scene(clean_server, tmp_path) as s:
+        s.messages.append((USER, "Will you lend me your sword for the road?"))
+        s.save_chat()
+        sent = await s.tc(tc_prompt(s.messages, note="{{ KVTUI_Memories }}"))
+        assert SWORD in sent["prompt"] and "KVTUI" not in sent["prompt"]
+        assert decision(s.recall()) == "computed"
 
 
 @pytest.mark.parametrize("bad", ["{{kvtui_memories}", "{kvtui_memories}}", "{{{kvtui_memories}}}"])

@@ -126,7 +126,8 @@ async def test_interval_fires_once_at_the_threshold_in_the_background(
         stop.set()
         await asyncio.wait_for(task, timeout=60)
         await kv.aclose()
-    assert any("Every3" in e.message for e in kv.events.recent())
+    logged = [e.message for e in kv.events.recent() if "Every3" in e.message]
+    assert len(logged) == 4 and "running on" in logged[0] and "✓ Every3" in logged[1], logged
 
     # The checkpoint is kept in the state directory: a new follower does not fire again.
     kv = KvService(settings)

@@ -11,6 +11,7 @@ settings on every request, so a change in the settings form applies to the next 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from kvtui.events import Kind
 from kvtui.proxy.asgi import (
@@ -39,12 +40,16 @@ from kvtui.proxy.guard import (
 from kvtui.proxy.headers import header_map, upstream_headers
 from kvtui.proxy.observer import ReplyObserver
 from kvtui.proxy.relay import Relay, RelayOutcome, UpstreamRequest
-from kvtui.proxy.routing import GenerationRouter
+from kvtui.proxy.routing import POLL_MAX_AGE, GenerationRouter
 from kvtui.service import KvService
 
 GENERATION_PATHS = frozenset(
     {"/completion", "/completions", "/v1/completions", "/v1/chat/completions"}
 )
+KEPT_ALIVE_POLL_AGE = 1.0
+"""Seconds a poll stands for the server while a kept-alive connection shows it did not restart
+(bounded: behind another proxy, a restart of llama-server leaves kvtui's connection open)."""
+_ROUTING_KEYS = frozenset({"id_slot", "cache_prompt"})
 
 
 class ProxyApp:
@@ -56,6 +61,14 @@ class ProxyApp:
         self.companion = Companion(service)
         self.extras = RouterExtras(service, self.companion)
         self.router = GenerationRouter(service, self.extras)
+        self.router.poll_max_age = self._poll_max_age
+
+    def _poll_max_age(self) -> float:
+        """A ``/slots`` poll up to a second old stands for the server while a connection to it
+        older than that is still open (a restarted llama-server closed it); else 0.25 s."""
+        if self.relay.pool.kept_alive(self.service.settings.server_url, KEPT_ALIVE_POLL_AGE):
+            return KEPT_ALIVE_POLL_AGE
+        return POLL_MAX_AGE
 
     async def aclose(self) -> None:
         await self.relay.aclose()
@@ -167,12 +180,34 @@ class ProxyApp:
             await _refuse(send, data)
             return
         routed, forwarded = await self.router.route(headers, data)
-        payload = json.dumps(forwarded, ensure_ascii=False).encode()
+        payload = _payload(body, data, forwarded)
 
         async def forward(observer: ReplyObserver) -> RelayOutcome:
             return await self.relay.forward(self._upstream(scope, payload), receive, send, observer)
 
         await self.router.serve(routed, forward)
+
+
+def _payload(body: bytes, data: dict[str, Any], forwarded: dict[str, Any]) -> bytes:
+    """The body to forward. When routing only added ``id_slot`` / ``cache_prompt`` (nearly
+    always), they are written in front of the client's own bytes instead of encoding the whole
+    prompt again; anything else is encoded anew."""
+    added = forwarded.keys() - data.keys()
+    if (
+        added <= _ROUTING_KEYS
+        and len(forwarded) == len(data) + len(added)
+        and all(forwarded[k] is v for k, v in data.items())
+    ):
+        start = body.lstrip()
+        if not added:
+            return body
+        if start.startswith(b"{") and start[1:].lstrip()[:1] not in (b"}", b""):
+            head = b"".join(
+                json.dumps(k).encode() + b":" + json.dumps(forwarded[k]).encode() + b","
+                for k in sorted(added)
+            )
+            return b"{" + head + start[1:]
+    return json.dumps(forwarded, ensure_ascii=False).encode()
 
 
 async def _refuse(send: Send, refusal: Refusal) -> None:

@@ -10,6 +10,7 @@ prompt holds (:class:`kvtui.sillytavern.chatindex.ChatIndex`) and SillyTavern's 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -185,6 +186,30 @@ def refresh_and_identify(
     with index.lock:
         index.refresh()
         return identify(body, headers, index, opened=opened)
+
+
+INLINE_CHATS = 64
+"""An index of at most this many chats is refreshed on the event loop (a few stats, well under
+a millisecond: less than the hop to a worker thread); a bigger one in a worker thread."""
+
+
+async def identify_request(
+    index: ChatIndex,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str] | None,
+    *,
+    opened: str | None = None,
+) -> tuple[Identity, dict[str, Any]]:
+    """:func:`refresh_and_identify` for a proxy: on the loop when the index is small and its
+    lock is free, else off the loop (``asyncio.to_thread``). An index never refreshed yet (its
+    first refresh reads every chat) goes to the thread."""
+    if 0 < len(index.chats()) <= INLINE_CHATS and index.lock.acquire(blocking=False):
+        try:
+            index.refresh()
+            return identify(body, headers, index, opened=opened)
+        finally:
+            index.lock.release()
+    return await asyncio.to_thread(refresh_and_identify, index, body, headers, opened=opened)
 
 
 def _fingerprint(body: Mapping[str, Any]) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from kvtui.recall.hook import build_engine, inject
 from kvtui.service import KvService, RouteDecision, SaveOutcome
 from kvtui.slots import GenType
 from kvtui.warmth import TurnTicket, WarmthLedger, WarmthPolicy
-from kvtui.warmth.bridge import begin_routed, saved_prompt_chars
+from kvtui.warmth.bridge import begin_routed, save_lengths
 from kvtui.warmth.gate import WarmthGate
 
 if TYPE_CHECKING:
@@ -48,20 +49,23 @@ class RouterExtras:
             settings.state_dir,
             tokenize=service.tokenize,
             policy=policy,
-            saved_chars=lambda name: saved_prompt_chars(service.store, name),
+            saved_chars=save_lengths(service),
             on_error=self._accounting_error,
         )
         self.gate = WarmthGate(service, self.ledger)
         service.use_cache_policy(self.gate)
         self.turns = RecallTurns()
-        self._pending: Pending | None = None
+        self._pending: dict[tuple[str, str], Pending] = {}  # recall's, until the turn begins
         self.recall: RecallEngine | None = None
         try:
             self.recall = build_engine(settings, service.st_data)
         except Exception as err:  # noqa: BLE001 - recall is optional; said once
             service.events.error(Kind.ERROR, f"Recall is off: {err}")
         recall = RecallSettings.from_settings(settings)
-        self._macros = (recall.macro, recall.longterm_macro)
+        # like the engine, any case: {{KVTUI_Memories}} is the macro too
+        self._macros = re.compile(
+            f"{re.escape(recall.macro)}|{re.escape(recall.longterm_macro)}", re.I
+        )
         companion.listen(self._chat_event)
 
     def _chat_event(self, event: ChatEvent) -> None:
@@ -85,6 +89,7 @@ class RouterExtras:
         client: object,
     ) -> dict[str, Any]:
         """The body with recall macros replaced (unchanged without them)."""
+        self._pending.pop((identity.chat, identity.character), None)  # one never booked
         if self.recall is None or not self._has_macro(body):
             return body  # nearly every request: no thread hop, no book read
         outcome = await inject(
@@ -98,19 +103,18 @@ class RouterExtras:
         )
         for warning in outcome.telemetry.warnings:
             self.service.events.warning(Kind.ROUTE, warning)
-        self._pending = Pending((identity.chat, identity.character), body, outcome)
+        key = (identity.chat, identity.character)
+        self._pending[key] = Pending(key, body, outcome)
         return outcome.body
 
     def _has_macro(self, body: Mapping[str, Any]) -> bool:
         """Whether ``body`` holds a recall macro: the text is searched, nothing is parsed."""
-        names = self._macros
         prompt = body.get("prompt")
         if isinstance(prompt, str):
-            return any(name in prompt for name in names)
+            return self._macros.search(prompt) is not None
         messages = body.get("messages")
         if isinstance(messages, list):
-            text = json.dumps(messages, ensure_ascii=False)
-            return any(name in text for name in names)
+            return self._macros.search(json.dumps(messages, ensure_ascii=False)) is not None
         return False
 
     def begin(
@@ -124,7 +128,7 @@ class RouterExtras:
     ) -> TurnTicket | None:
         """Begin the turn's accounting; never raises (accounting must not block a request)."""
         self.gate.sync()
-        pending, self._pending = self._pending, None
+        pending = self._pending.pop((identity.chat, identity.character), None)
         try:
             turn = self.turns.begin(
                 (identity.chat, identity.character), gen_type, prompt, previous_prompt, pending

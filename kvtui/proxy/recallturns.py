@@ -77,7 +77,7 @@ class RecallTurns:
         if pending is not None and pending.key == key:
             if prompt is not None:
                 sent = _sent_prompt(pending, prompt)
-                span = injection_span(prompt, sent)
+                span = _span(pending, prompt, sent)
             entry = turn_entry(pending.outcome.telemetry, span, last.span if last else None)
         if prompt is not None and sent is not None and gen_type not in _SIDE:
             self._last.pop(key, None)
@@ -123,3 +123,12 @@ def _sent_prompt(pending: Pending, prompt: str) -> str:
     if request_prompt(pending.written) == prompt:  # rendered the same way: render what was sent
         return request_prompt(sent_body) or prompt
     return str(replace_macros({"prompt": prompt}, pending.outcome.values).body["prompt"])
+
+
+def _span(pending: Pending, prompt: str, sent: str) -> Span | None:
+    """This turn's recall in ``sent``: where the engine put it in a text prompt (earlier
+    turns' recall kept in the prompt is not part of it), else where the prompts differ."""
+    t = pending.outcome.telemetry
+    if isinstance(pending.outcome.body.get("prompt"), str) and t.position is not None:
+        return t.position, t.position + t.chars
+    return injection_span(prompt, sent)

@@ -19,7 +19,7 @@ from typing import Any
 from kvtui.events import Kind
 from kvtui.fingerprint import canonical_text
 from kvtui.memory.settings import MemorySettings
-from kvtui.proxy.chatidentity import refresh_and_identify
+from kvtui.proxy.chatidentity import identify_request
 from kvtui.proxy.extras import RouterExtras
 from kvtui.proxy.gentype import (
     Classification,
@@ -39,6 +39,8 @@ from kvtui.sillytavern.templates import ControlPrompts
 from kvtui.slots import GenType
 from kvtui.warmth import TurnTicket
 
+POLL_MAX_AGE = 0.25
+"""Seconds a ``/slots`` poll is reused for routing without other evidence of the same server."""
 _CHAT_TURNS = frozenset({GenType.NORMAL, GenType.REGENERATE, GenType.SWIPE, GenType.CONTINUE})
 
 
@@ -81,6 +83,9 @@ class GenerationRouter:
         self.extras = extras
         self._turns: dict[tuple[str, str], TurnMemory | None] = {}
         self._settling: set[asyncio.Future[None]] = set()
+        self.poll_max_age: Callable[[], float] = lambda: POLL_MAX_AGE
+        """How old a ``/slots`` poll may be and still stand for "the server did not restart"
+        (the proxy lengthens it while a kept-alive connection shows the server is the same)."""
 
     async def settled(self) -> None:
         """Wait until the bookkeeping of every reply the client has seen end is done.
@@ -143,8 +148,8 @@ class GenerationRouter:
         try:
             index = service.chat_index
             if index is not None:
-                identity, forwarded = await asyncio.to_thread(
-                    refresh_and_identify, index, data, headers, opened=service.opened_chat
+                identity, forwarded = await identify_request(
+                    index, data, headers, opened=service.opened_chat
                 )
                 user = index.state.user_name
                 prompts: ControlPrompts | None = index.state.prompts
@@ -296,7 +301,7 @@ class GenerationRouter:
         """Poll ``/slots`` before each generation: a restarted llama-server (its task ids start
         again) is noticed before routing, so caches it lost are restored, not assumed."""
         try:
-            await self.service.refresh(max_age=0.25)
+            await self.service.refresh(max_age=self.poll_max_age())
         except Exception as err:  # noqa: BLE001 - refresh never raises; logged if it does
             self.service.events.error(Kind.CONNECTION, f"Could not poll llama-server: {err!r}")
 

@@ -75,6 +75,13 @@ class RecallSettings(BaseModel):
     longterm_budget: int = Field(default=1000, ge=1, le=100_000)
     """Most tokens in the long-term block (the newest memories that fit are kept)."""
 
+    keep_in_history: bool = False
+    """Keep each turn's recall in the prompt where it was injected (text completion), so the
+    reply written after it stays cached; a memory already shown there is not repeated."""
+
+    keep_budget: int = Field(default=1000, ge=1, le=100_000)
+    """Most tokens of earlier turns' recall kept in the prompt (the oldest go first)."""
+
     exclude_longterm: bool = True
     """Leave memories already in the long-term block out of the per-turn recall."""
 

@@ -71,6 +71,8 @@ class ServiceCore:
         self.writes = WriteBehind(self._write_failed)
         """The book's and the recorded prompts' disk writes, off the event loop."""
         self._persisted: tuple[Path, int] | None = None
+        self._recorded: dict[Hashable, tuple[PromptRecorder, str, dict[str, Any]]] = {}
+        """The last prompt submitted per character, so an identical one is not written again."""
         self._queued: tuple[Path, int] | None = None
 
     def _own_book(self, book: SlotBook) -> SlotBook:
@@ -116,10 +118,17 @@ class ServiceCore:
     ) -> None:
         """Keep ``prompt`` as ``character``'s last in ``chat`` (written behind the loop)."""
         recorder = self.recorder
+        key = ("prompt", chat, character)
+        if self._recorded.get(key) == (recorder, prompt, request):
+            return  # a swipe or regenerate sends the same request again: it is on disk already
+        if len(self._recorded) > 1024:
+            self._recorded.clear()
+        self._recorded[key] = (recorder, prompt, request)
         write = functools.partial(recorder.record, chat, character, prompt, request)
-        self.writes.submit(("prompt", chat, character), write)
+        self.writes.submit(key, write)
 
     def _write_failed(self, key: Hashable, error: OSError) -> None:
+        self._recorded.pop(key, None)  # written again next time
         what = "the slot book" if key == BOOK else "a recorded prompt"
         self.events.error(Kind.ERROR, f"Could not write {what}: {error}")
 

@@ -6,8 +6,8 @@ service follows (every write of the active chat), hands each change to an
 :class:`~kvtui.sideprompts.interval.IntervalTrigger` (debounced, ``sideprompt_debounce_s``), and
 runs due templates through the memory job runner with the service's routing gate, so a run never
 costs a character its cache. Nobody is asked: a reply is saved as it comes (as with previews
-off), and each outcome is one line in the service's event log. ``sideprompt_follow_chat = false``
-(or no ``st_dir``) turns it off.
+off), and each run's start and outcome are lines in the service's event log.
+``sideprompt_follow_chat = false`` (or no ``st_dir``) turns it off.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from kvtui.memory.jobs import JobRunner
 from kvtui.memory.settings import MemorySettings
 from kvtui.service import KvService
 from kvtui.sideprompts.interval import IntervalTrigger
-from kvtui.sideprompts.runs import SideOutcome
+from kvtui.sideprompts.runs import SideOutcome, SideRun
 from kvtui.sideprompts.service import SidePromptService
 from kvtui.sideprompts.settings import SidePromptSettings
 
@@ -52,11 +52,20 @@ class LiveSidePrompts:
         self.service = SidePromptService.from_settings(settings, self.runner, kv.st_data)
         if debounce is None:
             self.trigger = IntervalTrigger.from_settings(
-                self.service, settings, on_outcome=self._log
+                self.service, settings, on_outcome=self._log, on_start=self._started
             )
         else:
-            self.trigger = IntervalTrigger(self.service, debounce=debounce, on_outcome=self._log)
+            self.trigger = IntervalTrigger(
+                self.service, debounce=debounce, on_outcome=self._log, on_start=self._started
+            )
         self.force_polling = force_polling
+
+    def _started(self, run: SideRun) -> None:
+        self.kv.events.info(
+            Kind.SAVE,
+            f"Side prompt (every {run.template.triggers.interval} messages) {run.template.name}: "
+            f"running on {run.ref.display_name}, messages {run.scene.range_text}…",
+        )
 
     def _log(self, outcome: SideOutcome) -> None:
         text = f"Side prompt (every {self._interval(outcome)} messages) {outcome.line}"

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kvtui.sideprompts.runs import FAILURES, Decide, SideOutcome
+from kvtui.sideprompts.runs import FAILURES, Decide, SideOutcome, SideRun
 from kvtui.sideprompts.service import SidePromptService
 from kvtui.sideprompts.templates import SidePrompt
 from kvtui.sillytavern import ChatRef
@@ -39,11 +39,13 @@ class IntervalTrigger:
         debounce: Callable[[], Awaitable[None]] = _ten_seconds,
         decide: Decide | None = None,
         on_outcome: Callable[[SideOutcome], None] | None = None,
+        on_start: Callable[[SideRun], None] | None = None,
     ) -> None:
         self.service = service
         self.debounce = debounce
         self.decide = decide
         self.on_outcome = on_outcome
+        self.on_start = on_start
         self.outcomes: list[SideOutcome] = []
         self.observations = 0
         """How many looks at a chat finished (tests wait on it instead of sleeping)."""
@@ -110,6 +112,8 @@ class IntervalTrigger:
             except FAILURES as err:
                 outcome = SideOutcome(name, chat_id, "failed", message=str(err))
             else:
+                if self.on_start is not None:
+                    self.on_start(run)
                 outcome = await self.service.execute(run, self.decide, advance_on_cancel=True)
             self.outcomes.append(outcome)
             if self.on_outcome is not None:

@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvtui.service.outcomes import RouteDecision
 from kvtui.store import SaveStore
 from kvtui.warmth.ledger import TurnTicket, WarmthLedger
 from kvtui.warmth.model import TurnDecision
+
+if TYPE_CHECKING:
+    from kvtui.service import KvService
 
 
 def begin_routed(
@@ -105,6 +110,11 @@ def saved_prompt_chars(store: SaveStore | None, filename: str) -> int | None:
         return None
     length = meta.fingerprint.get("length")
     return length if isinstance(length, int) and length >= 0 else None
+
+
+def save_lengths(service: KvService) -> Callable[[str], int | None]:
+    """``saved_prompt_chars`` bound to the service's current store (it changes with settings)."""
+    return lambda filename: saved_prompt_chars(service.store, filename)
 
 
 def bytes_per_token(store: SaveStore | None, default: float = 528.0) -> float:

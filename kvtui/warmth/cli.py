@@ -15,7 +15,7 @@ from typing import Any
 
 from kvtui.settings import Settings
 from kvtui.warmth.log import TurnLog, turns_path
-from kvtui.warmth.model import SessionSummary, TurnRecord
+from kvtui.warmth.model import SessionSummary, TurnRecord, reason_text
 from kvtui.warmth.policy import WarmthPolicy
 from kvtui.warmth.summary import recall_totals, slot_warmth, summarize
 
@@ -122,7 +122,7 @@ def run_stats(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "turns", False):
         print()
         for r in records:
-            why = f" {r.reason}" if r.reason else ""
+            why = f" {reason_text(r.reason, r.behind_messages)}" if r.reason else ""
             print(
                 f"  {r.ts[:19]} slot {r.slot} {r.character}: {r.gen_type} "
                 f"{r.cache_n:,}/{r.total:,} cached, new {r.new_tokens:,}, "
@@ -155,7 +155,12 @@ def render(s: SessionSummary) -> str:
     if s.by_reason:
         lines.append("lost tokens by reason:")
         for r in s.by_reason:
-            lines.append(f"  {r.reason:<22} {r.tokens:>9,} tokens in {r.turns} turns")
+            behind = (
+                f" ({r.messages_behind:,} messages behind in all)"
+                if r.messages_behind is not None
+                else ""
+            )
+            lines.append(f"  {r.reason:<22} {r.tokens:>9,} tokens in {r.turns} turns{behind}")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from kvtui.events import Kind
+from kvtui.service import ConnectionState
 from kvtui.warmth.bridge import bytes_per_token
 from kvtui.warmth.ledger import WarmthLedger
 from kvtui.warmth.policy import WarmthPolicy, should_restore_from_disk, should_save
@@ -48,6 +49,9 @@ class WarmthGate:
 
     def sync(self) -> None:
         """Tell the ledger of a server restart or a chat switch seen since the last call."""
+        if self.service.state is not ConnectionState.CONNECTED:
+            # The last poll failed (a restart's first poll can): what memory holds is unknown.
+            self.ledger.ram_model.clear()
         restarts, clears = self.service.losses_seen
         if restarts > self._seen[0]:
             self.ledger.note_server_restart()

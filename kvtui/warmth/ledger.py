@@ -293,13 +293,18 @@ class WarmthLedger:
             except Exception as err:  # accounting must never disturb the proxy
                 self._error(f"Could not account for a turn of {ticket.decision.character}: {err!r}")
                 return
-            self._ring.append(record)
-            self._session.append(record)
-            if self.log is not None:
-                try:
-                    await asyncio.to_thread(self.log.append, [record])
-                except OSError as err:
-                    self._error(f"Could not write {self.log.path}: {err}")
+            await self._keep(record)
+
+    async def _keep(self, record: TurnRecord) -> None:
+        """The one place a record is kept: in memory for the dashboard, then appended to
+        ``turns.jsonl`` in a worker thread."""
+        self._ring.append(record)
+        self._session.append(record)
+        if self.log is not None:
+            try:
+                await asyncio.to_thread(self.log.append, [record])
+            except OSError as err:
+                self._error(f"Could not write {self.log.path}: {err}")
 
     async def _record(
         self, ticket: TurnTicket, timings: dict[str, Any], written: int, written_tokens: int

@@ -185,10 +185,14 @@ def reason_text(reason: str, behind_messages: int | None = None) -> str:
 
 @dataclass(frozen=True)
 class ReasonTotal:
+    """One reason's losses over a session; for ``older_save`` also the messages the restored
+    saves lacked, summed over its turns (``None`` when no turn could tell)."""
+
     reason: str
     tokens: int
     turns: int
     seconds: float | None
+    messages_behind: int | None = None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ injection's span in this prompt and in the character's previous one. :func:`reca
 the spans into figures: ``position`` (the injection's first character), ``tokens`` (its size),
 ``lost_tokens`` (the cached prefix lost because the prompt's first change lies inside the
 previous turn's injection: it moved or changed) and ``cost_tokens`` (those plus the injection's
-own tokens when it was prefilled: it lies at or after the first change).
+own tokens that were prefilled: those at or after the first change).
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ async def recall_cost(
         return entry
     start, end = int(span[0]), int(span[1])
     tokens = await _count(prompt[start:end], total, len(prompt), tokenize)
-    prefilled = diff is None or diff <= start
-    entry.update(position=start, tokens=tokens, cost_tokens=lost + (tokens if prefilled else 0))
+    cut = start if diff is None else max(start, diff)  # the part at or after the first change
+    fresh = tokens if cut == start else await _count(prompt[cut:end], total, len(prompt), tokenize)
+    entry.update(position=start, tokens=tokens, cost_tokens=lost + fresh)
     return entry
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from kvtui.warmth.model import ReasonTotal, SessionSummary, SlotWarmth, TurnRecord
+from kvtui.warmth.model import Reason, ReasonTotal, SessionSummary, SlotWarmth, TurnRecord
 
 SPEED_MIN_TOKENS = 32
 
@@ -38,12 +38,17 @@ def summarize(
     speed = prefill_speed(records)
     tokens: Counter[str] = Counter()
     turns: Counter[str] = Counter()
+    behind: Counter[str] = Counter()
     for r in records:
         for reason, lost in r.losses.items():
             tokens[reason] += lost
             turns[reason] += 1
+            if reason == Reason.OLDER_SAVE.value and r.behind_messages is not None:
+                behind[reason] += r.behind_messages
     by_reason = tuple(
-        ReasonTotal(reason, n, turns[reason], n / speed if speed else None)
+        ReasonTotal(
+            reason, n, turns[reason], n / speed if speed else None, behind.get(reason, None)
+        )
         for reason, n in sorted(tokens.items(), key=lambda kv: (-kv[1], kv[0]))
     )
     prefilled = sum(r.prompt_n for r in records)
