@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,8 @@ def run_variant(variant: str, workdir: Path) -> Run:
             stack.stop_clients()  # kvtui stops before its saves are checked: nothing moves
             result.probes = probe_saves(stack, gens)
             result.from_save = _restore_shares(stack.llama.url, result)
+            probes = [asdict(p) | {"covered": p.covered} for p in result.probes]
+            (workdir / "probes.json").write_text(json.dumps(probes, indent=1), encoding="utf-8")
     return result
 
 
