@@ -337,11 +337,6 @@ async def test_tc_quiet_never_changes_the_cached_recall(
         assert decision(s.recall()) == "reused"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="quiet jobs take GenerationRouter._route_job, which does not call "
-    "RouterExtras.before_forward: the macro reaches llama-server unreplaced",
-)
 async def test_tc_quiet_gets_the_cached_recall_injected(
     clean_server: EmbeddedServer, tmp_path: Path
 ) -> None:
