@@ -135,6 +135,7 @@ class Monitor:
         ]
         forgotten = book.mark_lost(fresh)
         if forgotten:
+            self.core.server_restarts += 1  # what it held is gone, its memory too (losses_seen)
             self.core.events.warning(
                 Kind.CONNECTION,
                 f"llama-server no longer holds the caches of {', '.join(forgotten)}; each is "
