@@ -25,6 +25,7 @@ import random
 import re
 import statistics
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,11 +374,7 @@ def _run_variant(ctx: Context, steps: list[Step], variant: str, rep: int) -> Tal
             booked = proxy.log if proxy else None
             tally = _replay(steps, url, server, st_dir, restarts, booked)
         except RuntimeError as err:
-            for _ in range(100):  # a stopped server takes a moment to exit
-                if not server.running:
-                    break
-                time.sleep(0.1)
-            if not server.running:  # stopped from outside (a shared machine): not a result
+            if not _answers(server.url):  # stopped from outside (a shared machine): not a result
                 raise ServerGone(f"{variant}: llama-server stopped during the run: {err}") from err
             raise
     finally:
@@ -393,6 +390,15 @@ def _run_variant(ctx: Context, steps: list[Step], variant: str, rep: int) -> Tal
         tally.events.update(_EVENT.findall(log))
         tally.errors = [line for line in log.splitlines() if " ✗ " in line]
     return tally
+
+
+def _answers(url: str) -> bool:
+    """Whether llama-server still answers ``/health`` (a stopped one may take long to exit)."""
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 class ServerGone(RuntimeError):

@@ -132,8 +132,7 @@ class Settings(BaseSettings):
     """Leave a character llama-server still holds in memory (--cache-ram) there: no disk read."""
 
     save_when_protective: bool = False
-    """Save after any message or before an eviction exactly when its unsaved tokens would take
-    longer to prefill again than the save to write (off: the seed's every N and save-first)."""
+    """Save after a message or before an eviction exactly when it beats re-prefilling its work."""
 
     keymap: dict[str, str] = Field(default_factory=dict)
     """Key bindings by action id, e.g. {"save_slot" = "ctrl+s"}."""

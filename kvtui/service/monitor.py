@@ -139,6 +139,7 @@ class Monitor:
         if dropped and not forgotten:
             self.core.persist()
         if forgotten:
+            self.core.server_restarts += 1  # what it held is gone, its memory too (losses_seen)
             self.core.events.warning(
                 Kind.CONNECTION,
                 f"llama-server no longer holds the caches of {', '.join(forgotten)}; each is "

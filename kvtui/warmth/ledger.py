@@ -45,6 +45,8 @@ Key = tuple[str, str]
 _MEMORY = 128
 _SIMILAR_MIN_CHARS = 128
 _SESSION = 50_000
+_EXTENTS = 64  # a character's last turns whose size a restored save's token count is matched to
+_EXTENT_SLACK = 4
 _SIDE_TURNS = frozenset({"quiet", "impersonate"})  # not the character's chat: not remembered
 
 
@@ -109,6 +111,7 @@ class WarmthLedger:
         self._tasks: set[asyncio.Task[None]] = set()
         self._order = asyncio.Lock()
         self._flags: dict[Key, set[str]] = {}
+        self._extents: dict[Key, deque[tuple[int, int]]] = {}  # (prompt chars, tokens held)
         self.ram: RamCacheInfo | None = None
         self.ram_model = RamCacheModel(None)
 
@@ -189,7 +192,8 @@ class WarmthLedger:
             self._memory.pop(key, None)
             self._memory[key] = current
             while len(self._memory) > _MEMORY:
-                self._memory.popitem(last=False)
+                gone, _ = self._memory.popitem(last=False)
+                self._extents.pop(gone, None)
         self._track_slot(decision, key)
         return TurnTicket(decision, current, previous, candidates)
 
@@ -329,6 +333,10 @@ class WarmthLedger:
             ticket.current.tokens = prompt_n + cache_n
             extra = predicted if isinstance(predicted, int) else 0
             ticket.current.extent = prompt_n + cache_n + extra
+            if d.gen_type not in _SIDE_TURNS:
+                key = (d.chat, d.character)
+                seen = self._extents.setdefault(key, deque(maxlen=_EXTENTS))
+                seen.append((len(ticket.current.prompt), ticket.current.extent))
         prompt_ms = timings.get("prompt_ms")
         behind = None
         if split.losses.get(Reason.OLDER_SAVE.value) and previous is not None:
@@ -372,7 +380,16 @@ class WarmthLedger:
         if prompt is None or d.restored is None:
             return None
         chars: int | None = None
-        if self._saved_chars is not None:
+        if d.restored_tokens is not None:
+            # The save was taken after one of this character's turns: its tokens say which.
+            near = [
+                (abs(extent - d.restored_tokens), length)
+                for length, extent in self._extents.get((d.chat, d.character), ())
+            ]
+            best = min(near, default=None)
+            if best is not None and best[0] <= _EXTENT_SLACK:
+                chars = best[1]
+        if chars is None and self._saved_chars is not None:
             with contextlib.suppress(Exception):
                 chars = await asyncio.to_thread(self._saved_chars, d.restored)
         if chars is None and d.restored_tokens is not None and total:
