@@ -1,27 +1,32 @@
 """Benchmark: what memory recall costs the cached prompt, by where the macro sits.
 
-One scripted SillyTavern session (a 1:1 chat, non-instruct text completion, ``\\nSeraphina:``
-tail, scripted messages so every variant sees the same chat) is replayed on one llama-server slot
+Scripted SillyTavern sessions (a 1:1 chat, non-instruct text completion, ``\\nSeraphina:`` tail,
+scripted messages so every variant sees the same chat) are replayed on one llama-server slot
 (``id_slot`` 0, ``cache_prompt: true``), once per placement of the recall macro, the slot erased
-between variants. The chat has the proportions of a real roleplay: a card of ~1,300 characters,
-16 opening messages, user messages of ~150 characters and replies of ~450, so the prompt grows
-from about 7,000 to 14,000 characters — as many tokens, since the tiny model's tokenizer gives
-about one token per character (a real model's would give a quarter as many). Each user turn is
-a normal generation, every third one followed by a swipe. Recall runs through
-:class:`kvtui.recall.RecallEngine` with its default settings (budgets counted with the server's
-``/tokenize``) on 24 memories whose keywords are words of the chat's prose, so the recalled set
-changes from turn to turn.
+between variants. Two sessions: **roleplay** (a card of ~1,300 characters, 16 opening messages,
+user messages of ~150 characters and replies of ~450) and **short** (a card of ~900, 24 opening
+messages of ~110, user messages of ~110 and replies of ~140). Each user turn is a normal
+generation, every third one followed by a swipe.
 
-Variants: recall off (no macro); the macro as an Author's Note at depth 0 (after the last user
-message) and at depth 1 (before it); the macro in the story string (the top of the prompt; only
-the first few turns, each re-prefills the whole chat); and the stable long-term block in the story
-string (rebuilt every 5 new memories; a new memory is written every second turn) with per-turn
-recall at depth 0. Reported per variant: the hit ratio (``cache_n`` / all prompt tokens, every
-request after the first, which is the same cold prefill for all), prompt tokens processed, the
-median tokens re-prefilled per turn and how many of them are beyond recall off, next to the size
-of the recall injected. Target (issue 16): depth 0 within two points of recall off. Whatever the
-prompt size, depth 0 costs exactly the injected text per turn; the hit-ratio points are that
-text's share of the prompt.
+**The reply stays in the slot, as in real use.** SillyTavern sends back the reply the model
+wrote, and the slot still holds it after the prompt; so after each generation the slot is
+extended with the scripted reply (one request of the prompt plus the reply, not counted), as if
+the model had written it. Without recall the next turn then prefills only the user's new message.
+(Until December 2026 this benchmark let the scripted reply be prefilled every turn, which hid
+the main cost of a depth-0 recall: the reply written after it.)
+
+Recall runs through :class:`kvtui.recall.RecallEngine` with its default settings (budgets
+counted with the server's ``/tokenize``) on 24 memories whose keywords are words of the chat's
+prose, so the recalled set changes from turn to turn. Variants: recall off (no macro); the macro
+as an Author's Note at depth 0 (after the last user message) and at depth 1 (before it), each
+also with ``keep_in_history`` (each turn's recall stays where it was injected,
+:mod:`kvtui.recall.pins`); the macro in the story string (the top of the prompt; the first few
+turns only, each re-prefills the whole chat); the stable long-term block in the story string
+(rebuilt every 5 new memories; a new memory every second turn) with per-turn recall at depth 0
+kept in history. Reported per variant: the hit ratio (``cache_n`` / all prompt tokens of every
+request after the first, which is the same cold prefill for all), the median tokens prefilled
+per turn, how many of them are beyond recall off, and the recall injected per turn. Target
+(issue 16): depth 0 within two points of recall off.
 """
 
 from __future__ import annotations
@@ -44,7 +49,34 @@ KEYWORDS = (
     "bridge lantern river tower wolf raven herb potion cloak moon mist valley "
     "village gate blade arrow map trail camp fire oak stone song promise"
 ).split()
-VARIANTS = ("off", "depth 0", "depth 1", "story string", "long-term top + depth 0")
+KEPT = " kept"
+VARIANTS = {
+    "roleplay": (
+        "off",
+        "depth 0",
+        "depth 0 kept",
+        "depth 1",
+        "depth 1 kept",
+        "story string",
+        "long-term top + depth 0 kept",
+    ),
+    "short": ("off", "depth 0", "depth 0 kept"),
+}
+
+
+@dataclass(frozen=True)
+class Session:
+    card: int
+    opening: int
+    opening_chars: tuple[int, int]  # user, character
+    user: int
+    reply: int
+
+
+SESSIONS = {
+    "roleplay": Session(card=1300, opening=16, opening_chars=(150, 450), user=150, reply=450),
+    "short": Session(card=900, opening=24, opening_chars=(110, 110), user=110, reply=140),
+}
 
 
 @dataclass
@@ -70,18 +102,20 @@ def _memories(count: int) -> list[Memory]:
     ]  # fmt: skip
 
 
-def _script(turns: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """The opening history and, per turn, (user message, scripted reply)."""
+def _script(s: Session, turns: int) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """The opening history and, per turn, (user message, reply, an earlier swipe's reply)."""
     prose = Prose(4)
-    opening = [(CHAR, prose.line(450)) if i % 2 else (USER, prose.line(150)) for i in range(16)]
-    return opening, [(prose.line(150), prose.line(450)) for _ in range(turns)]
+    u, c = s.opening_chars
+    opening = [(CHAR, prose.line(c)) if i % 2 else (USER, prose.line(u)) for i in range(s.opening)]
+    script = [(prose.line(s.user), prose.line(s.reply), prose.line(s.reply)) for _ in range(turns)]
+    return opening, script
 
 
 def _prompt(story: str, lines: list[tuple[str, str]], variant: str) -> str:
     shown = [f"{who}: {text}" for who, text in lines]
-    if variant in ("depth 0", "long-term top + depth 0"):
+    if "depth 0" in variant:
         shown.append("{{kvtui_memories}}")
-    elif variant == "depth 1":
+    elif "depth 1" in variant:
         shown.insert(len(shown) - 1, "{{kvtui_memories}}")
     if variant == "story string":
         story = story.replace("\n", "\n{{kvtui_memories}}\n", 1)
@@ -90,26 +124,25 @@ def _prompt(story: str, lines: list[tuple[str, str]], variant: str) -> str:
     return story + "\n".join(shown) + f"\n{CHAR}:"
 
 
-def _replay(wire: Wire, variant: str, turns: int) -> Totals:
+def _replay(wire: Wire, session: Session, variant: str, turns: int) -> Totals:
     story = story_string(
         CHAR,
         "Write Seraphina's next reply in a fictional chat between Seraphina and Alex.",
-        Prose(1).paragraph(1300),
+        Prose(1).paragraph(session.card),
         Prose(2).paragraph(200),
         Prose(3).paragraph(200),
     )
-    opening, script = _script(turns)
+    opening, script = _script(session, turns)
     start = 12 if variant.startswith("long-term") else 24
     source = StaticSource({CHAT: _memories(start)})
-    # budgets in the server's own tokens (the tiny model's tokenizer is nearly one per character)
-    eng = RecallEngine(
-        RecallSettings(longterm_batch=5), source, count_tokens=lambda text: _tokens(wire, text)
-    )
+    settings = RecallSettings(longterm_batch=5, keep_in_history=variant.endswith(KEPT))
+    # budgets in the server's own tokens
+    eng = RecallEngine(settings, source, count_tokens=lambda text: _tokens(wire, text))
     wire.post("/slots/0?action=erase", {})
     lines = list(opening)
     totals = Totals()
     first = True
-    for turn, (user, reply) in enumerate(script):
+    for turn, (user, reply, other) in enumerate(script):
         lines.append((USER, user))
         if variant.startswith("long-term") and turn % 2 == 1 and start < len(KEYWORDS):
             start += 1
@@ -119,7 +152,7 @@ def _replay(wire: Wire, variant: str, turns: int) -> Totals:
             body = st_body(_prompt(story, lines, variant), [f"\n{USER}:"], stream=False)
             out = eng.apply(body, chat=CHAT, character=CHAR, gen_type=gen)
             body, t = out.body, out.telemetry
-            body.update(id_slot=0, n_predict=4, temperature=0)
+            body.update(id_slot=0, n_predict=1, temperature=0)
             answer: dict[str, Any] = wire.post("/completion", body).json()
             timings = answer.get("timings")
             if not isinstance(timings, dict):
@@ -134,6 +167,9 @@ def _replay(wire: Wire, variant: str, turns: int) -> Totals:
                 at = t.position
                 text = body["prompt"][at : at + t.chars] if at is not None else ""
                 totals.injected.append(_tokens(wire, text))
+            # the model "writes" the reply: the slot holds it after the prompt, as in real use
+            written = reply if gen is gens[-1] else other
+            wire.post("/completion", {**body, "prompt": body["prompt"] + " " + written})
         lines.append((CHAR, reply))
     return totals
 
@@ -155,55 +191,44 @@ async def run(ctx: Context) -> None:
     top_turns = ctx.reps(4, 3)
     server = start_server(ctx, NAME, n_slots=1, n_ctx=SLOT_CTX, cache_ram_mib=0)
     wire = Wire(server.url)
-    results: dict[str, Totals] = {}
+    results: dict[tuple[str, str], Totals] = {}
     try:
         note(
             f"{turns} user turns ({top_turns} for the story string), a swipe after every third,"
-            f" one slot of {SLOT_CTX} tokens"
+            f" the reply kept in the slot as in real use, one slot of {SLOT_CTX} tokens"
         )
-        for variant in VARIANTS:
-            results[variant] = _replay(
-                wire, variant, top_turns if variant == "story string" else turns
-            )
+        for name, variants in VARIANTS.items():
+            for variant in variants:
+                n = top_turns if variant == "story string" else turns
+                results[(name, variant)] = _replay(wire, SESSIONS[name], variant, n)
+                note(f"{name} / {variant}: {results[(name, variant)].ratio:.1f} %")
     finally:
         wire.close()
         server.stop()
-    off = results["off"].ratio
-    off_turn = median(results["off"].per_turn)
-    for variant, t in results.items():
-        target, ok = None, None
-        if variant == "depth 0":
-            target, ok = "within 2 points of off", abs(t.ratio - off) <= 2.0
-        ctx.add(Figure(NAME, f"{variant}: hit ratio", t.ratio, "%", target, ok, headline=True))
+    for (name, variant), t in results.items():
+        _report(ctx, name, variant, t, results[(name, "off")])
+
+
+def _report(ctx: Context, name: str, variant: str, t: Totals, off: Totals) -> None:
+    label = f"{name}, {variant}"
+    target, ok = None, None
+    if variant.startswith("depth 0"):
+        target, ok = "within 2 points of off", abs(t.ratio - off.ratio) <= 2.0
+    ctx.add(Figure(NAME, f"{label}: hit ratio", t.ratio, "%", target, ok, headline=True))
+    ctx.add(Figure(NAME, f"{label}: prompt tokens processed", t.prompt_n, "tok"))
+    per_turn = median(t.per_turn) if t.per_turn else None
+    ctx.add(
+        Figure(NAME, f"{label}: median tokens prefilled per turn", per_turn, "tok", headline=True)
+    )
+    ctx.add(Figure(NAME, f"{label}: server prefill time", t.prompt_ms / 1000.0, "s"))
+    if variant != "off" and per_turn is not None and off.per_turn:
+        injected = median(t.injected) if t.injected else 0.0
         ctx.add(
             Figure(
                 NAME,
-                f"{variant}: prompt tokens processed",
-                t.prompt_n,
+                f"{label}: prefilled per turn beyond off",
+                per_turn - median(off.per_turn),
                 "tok",
-                note=f"{len(t.per_turn) + 1} turns",
+                note=f"recall injected per turn: median {injected:.0f} tok",
             )
         )
-        per_turn = median(t.per_turn) if t.per_turn else None
-        ctx.add(
-            Figure(
-                NAME,
-                f"{variant}: median tokens re-prefilled per turn",
-                per_turn,
-                "tok",
-                headline=True,
-            )
-        )
-        ctx.add(Figure(NAME, f"{variant}: server prefill time", t.prompt_ms / 1000.0, "s"))
-        if variant != "off" and per_turn is not None:
-            extra = per_turn - off_turn
-            injected = median(t.injected) if t.injected else 0.0
-            ctx.add(
-                Figure(
-                    NAME,
-                    f"{variant}: re-prefilled per turn beyond off",
-                    extra,
-                    "tok",
-                    note=f"recall injected per turn: median {injected:.0f} tok",
-                )
-            )

@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, str] = {
     "replay": "SillyTavern session replay: kvtui vs llama-server alone",
     "memory": "memory job wall time and the character's next-turn cache_n",
     "recall": "the cache cost of each placement of the recall macro",
+    "load": "50 concurrent generations for 10 characters on 2 slots, through the proxy",
 }
 """Each name is a module of this package with ``async def run(ctx: Context) -> None``."""
 

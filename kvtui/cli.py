@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kvtui import __version__
+from kvtui.errors import KvtuiError
 from kvtui.settings import ConfigError, Settings, config_problems, human_error, load_settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -124,9 +125,21 @@ def warn(message: object) -> None:
     print(f"kvtui: {message}", file=sys.stderr)
 
 
+def _readable_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory kvtui can list (an unreadable save directory is said
+    once, by the command that needs it, not also by the start-up repair)."""
+    try:
+        os.scandir(path).close()
+    except OSError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        return _main(argv)
+        code = _main(argv)
+        sys.stdout.flush()  # a reader that left shows here, not in the interpreter's exit
+        return code
     except BrokenPipeError:
         # ``kvtui ls | head``: the reader left. Say so once; the rest of the output goes nowhere.
         with contextlib.suppress(OSError):
@@ -180,17 +193,21 @@ def _main(argv: Sequence[str] | None) -> int:
                 f"State directory: {settings.state_dir}"
             )
             return EXIT_FAIL
-        if settings.save_dir is not None:  # this process keeps the book now: tidy up once
+        save_dir = settings.save_dir
+        if save_dir is not None and _readable_dir(save_dir):  # this process keeps the book: tidy
             from kvtui.service import repair_save_dir
             from kvtui.store import SaveStore
 
-            for note in repair_save_dir(SaveStore(settings.save_dir)):
+            for note in repair_save_dir(SaveStore(save_dir)):
                 warn(note)
     try:
         outcome = cmd.handler(settings, args)
         if isinstance(outcome, int):
             return outcome
         return asyncio.run(outcome)
+    except KvtuiError as err:  # an expected failure a handler did not word itself
+        warn(err)
+        return EXIT_FAIL
     except KeyboardInterrupt:
         print("kvtui: interrupted", file=sys.stderr)
         return 130

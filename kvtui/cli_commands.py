@@ -17,11 +17,29 @@ from kvtui.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, command, warn
 from kvtui.llama import LlamaError
 from kvtui.service import KvService
 from kvtui.settings import Settings, config_problems
+from kvtui.store import StoreError
 
 
 def _fail(message: object) -> int:
     warn(message)
     return EXIT_FAIL
+
+
+async def _book_kept(service: KvService, done: str) -> bool:
+    """Wait for the slot book to reach the disk; say so in one line when it could not.
+
+    The slot's change happened on the server, but a book kvtui cannot write forgets it (and a
+    later kvtui would act on the old one), so the command must not look like a success."""
+    error = await service.flush()
+    if error is None:
+        return True
+    path = service.settings.book_path
+    warn(
+        f"{done}, but the slot book could not be written to {path} "
+        f"({error.strerror or error}): make {path.parent} writable, or choose another state "
+        "directory with --state-dir DIR, then run the command again"
+    )
+    return False
 
 
 def _dump(data: object) -> None:
@@ -160,15 +178,15 @@ async def _ls(settings: Settings, args: argparse.Namespace) -> int:
     async with KvService(settings) as service:
         try:
             store = service.require_store()
+            store.rescan()
             chat = chat_from_args(service, args.chat)
-        except ServiceError as err:
+            groups = group_saves(store.entries(), current_chat=None)
+            titles = {c.chat_id: c.title for c in known_chats(service) if c.title}
+        except (ServiceError, StoreError) as err:
             return _fail(err)
         except ChatRefError as err:
             warn(err)
             return EXIT_USAGE
-        store.rescan()
-        groups = group_saves(store.entries(), current_chat=None)
-        titles = {c.chat_id: c.title for c in known_chats(service) if c.title}
 
     def wanted(shown: str, key: str, query: str | None) -> bool:
         return query is None or query == shown or normalize(query) == key
@@ -239,15 +257,16 @@ async def _save(settings: Settings, args: argparse.Namespace) -> int:
         except ChatRefError as err:
             warn(err)
             return EXIT_USAGE
-        except (ServiceError, LlamaError) as err:
+        except (ServiceError, LlamaError, StoreError) as err:
             return _fail(err)
+        kept = await _book_kept(service, f"Saved slot {outcome.slot} to {outcome.filename}")
     if args.json:
         _dump(outcome.__dict__)
     else:
         print(f"Saved slot {outcome.slot}: {outcome.n_saved} tokens -> {outcome.filename}")
         for name in outcome.rotated:
             print(f"Rotated away {name}")
-    return EXIT_OK
+    return EXIT_OK if kept else EXIT_FAIL
 
 
 def _load_args(p: argparse.ArgumentParser) -> None:
@@ -259,13 +278,14 @@ def _load_args(p: argparse.ArgumentParser) -> None:
 @command("load", "restore a save file into a slot", _load_args, changes_slots=True)
 async def _load(settings: Settings, args: argparse.Namespace) -> int:
     from kvtui.service import ServiceError
-    from kvtui.store import InvalidSaveName
 
     async with KvService(settings) as service:
         try:
+            service.require_store().rescan()  # an unreadable directory is said as such
             outcome = await service.load(args.file, args.slot)
-        except (ServiceError, LlamaError, InvalidSaveName) as err:
+        except (ServiceError, LlamaError, StoreError) as err:
             return _fail(err)
+        kept = await _book_kept(service, f"Loaded {args.file} into slot {outcome.slot}")
     if args.json:
         _dump(outcome.__dict__)
     else:
@@ -273,7 +293,7 @@ async def _load(settings: Settings, args: argparse.Namespace) -> int:
             f"Loaded {outcome.character} ({outcome.chat}) into slot {outcome.slot}: "
             f"{outcome.n_restored} tokens."
         )
-    return EXIT_OK
+    return EXIT_OK if kept else EXIT_FAIL
 
 
 def _erase_args(p: argparse.ArgumentParser) -> None:
@@ -292,11 +312,12 @@ async def _erase(settings: Settings, args: argparse.Namespace) -> int:
             n = await service.erase(args.slot)
         except (ServiceError, LlamaError) as err:
             return _fail(err)
+        kept = await _book_kept(service, f"Erased slot {args.slot}")
     if args.json:
         _dump({"slot": args.slot, "n_erased": n})
     else:
         print(f"Erased slot {args.slot}: {n} tokens.")
-    return EXIT_OK
+    return EXIT_OK if kept else EXIT_FAIL
 
 
 @command("doctor", "check the server's set-up and say how to fix it", _json_flag)

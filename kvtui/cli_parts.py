@@ -57,7 +57,10 @@ def memory(settings: Settings, args: argparse.Namespace) -> int:
         except ChatRefError as err:
             warn(str(err))
             return EXIT_USAGE
-    return run_memory(args, settings)
+    from kvtui.sideprompts.cli import after_memory_hook
+
+    after = after_memory_hook(settings, yes=bool(args.yes)) if settings.st_dir is not None else None
+    return run_memory(args, settings, after)
 
 
 @command("stats", "why turns re-prefilled: hit ratio, tokens saved, losses", _stats_args)

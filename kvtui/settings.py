@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     min_save_bytes: int = Field(default=0, ge=0)
     """A save smaller than this many bytes is invalid and removed (the seed used 1 MB; off)."""
 
+    skip_restore_when_ram_cached: bool = False
+    """Leave a character llama-server still holds in memory (--cache-ram) there: no disk read."""
+
+    save_when_protective: bool = False
+    """Save after any message or before an eviction exactly when its unsaved tokens would take
+    longer to prefill again than the save to write (off: the seed's every N and save-first)."""
+
     keymap: dict[str, str] = Field(default_factory=dict)
     """Key bindings by action id, e.g. {"save_slot" = "ctrl+s"}."""
 

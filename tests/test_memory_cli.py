@@ -1,4 +1,5 @@
-"""``kvtui memory presets …`` and the CLI's usage errors (no server needed)."""
+"""``kvtui memory``: presets, usage errors (no server needed), and a memory followed by its
+after-memory side prompts on the real embedded server."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kvtui.embedded.server import EmbeddedServer
 from kvtui.memory.cli import add_memory_parser, run_memory
 from kvtui.settings import Settings, load_settings
 
@@ -53,3 +55,62 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "st_dir" in capsys.readouterr().err
     assert cli(["memory", "presets", "show", "Nope"], settings) == 1
     assert "No preset" in capsys.readouterr().err
+
+
+def test_memory_runs_the_after_memory_side_prompts(
+    clean_server: EmbeddedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``kvtui memory --yes``: the memory, then one line per enabled after-memory template (a
+    batch of four, on the same utility slot), each tracker saved; ``--json`` carries them."""
+    from kvtui.cli_parts import _memory_args, memory
+    from kvtui.memory.prompt import Preset, preset_library
+    from kvtui.memory.settings import memory_dir
+    from kvtui.sideprompts.templates import template_library
+    from kvtui.sillytavern.sample import SOLO_CHAT_ID, copy_sample
+    from tests.sideprompt_helpers import tiny
+
+    st_dir = copy_sample(tmp_path / "st")
+    state = tmp_path / "state"
+    settings = Settings(server_url=clean_server.url, save_dir=clean_server.save_dir,
+                        st_dir=st_dir, state_dir=state, memory_slot=3, memory_n_predict=450,
+                        memory_previous=0, memory_max_title_chars=30,
+                        memory_max_content_chars=120, memory_max_keywords=4)  # fmt: skip
+    preset_library(memory_dir(state)).add(
+        Preset(name="Tiny", prompt="Write a memory of the scene below as JSON.")
+    )
+    library = template_library(state)
+    for name in library.names():
+        library.delete(name)
+    for n in range(4):
+        library.add(tiny(f"B{n}", after_memory=True))
+    library.add(tiny("Off", after_memory=True).model_copy(update={"enabled": False}))
+    library.add(tiny("Manual"))
+
+    def run(*argv: str) -> int:
+        parser = argparse.ArgumentParser()
+        _memory_args(parser)
+        code = memory(settings, parser.parse_args(["--chat", SOLO_CHAT_ID, *argv]))
+        assert isinstance(code, int)
+        return code
+
+    assert run("--range", "0-2", "--preset", "Tiny", "--yes") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Memory ") and "saved" in out[0]
+    lines = [line for line in out if line.startswith(("✓", "✗"))]
+    assert sorted(lines) == [f'✓ B{n}: Updated "B{n} (kvtui SidePrompt)" in kvtui - '
+                             f"{SOLO_CHAT_ID}." for n in range(4)]  # fmt: skip
+    book = json.loads((st_dir / "worlds" / f"kvtui - {SOLO_CHAT_ID}.json").read_text())
+    kinds = sorted((e["kvtui_kind"], e["comment"]) for e in book["entries"].values())
+    assert [k for k, _ in kinds] == ["memory"] + ["sideprompt"] * 4
+    assert all(e["kvtui_end"] == 2 for e in book["entries"].values())
+
+    assert run("--range", "3-5", "--preset", "Tiny", "--yes", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["saved"] and sorted(r["template"] for r in data["sideprompts"]) == [
+        "B0", "B1", "B2", "B3"
+    ]  # fmt: skip
+    assert {(r["status"], r["slot"], r["start"], r["end"]) for r in data["sideprompts"]} == {
+        ("saved", 3, 3, 5)
+    }
+    assert run("--range", "0-1", "--preset", "Tiny", "--yes", "--no-side-prompts", "--json") == 0
+    assert "sideprompts" not in json.loads(capsys.readouterr().out)

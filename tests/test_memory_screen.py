@@ -185,3 +185,82 @@ async def test_memory_screen_cancel_restores_the_borrowed_slot(
         assert not any(s.is_processing for s in slots)
     assert not [p for p in clean_server.save_dir.iterdir() if is_private_name(p.name)]
     assert not (st_dir / "worlds").exists()
+
+
+async def test_memory_screen_runs_the_after_memory_side_prompts(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """Accept a memory: each enabled after-memory template runs on its scene, its reply in the
+    shared preview (accept one, cancel the other), each outcome notified and logged."""
+    from kvtui.sideprompts.templates import template_library
+    from kvtui.tui.screens.text_preview import TextPreviewScreen
+    from tests.sideprompt_helpers import tiny
+
+    st_dir = copy_sample(tmp_path / "st")
+    settings = load_settings(
+        tmp_path / "config.toml",
+        server_url=clean_server.url,
+        save_dir=clean_server.save_dir,
+        st_dir=st_dir,
+        state_dir=tmp_path / "state",
+    )
+    preset_library(memory_dir(settings.state_dir)).add(
+        Preset(name="Tiny", prompt="Write a memory of the scene below as JSON.")
+    )
+    library = template_library(settings.state_dir)
+    for name in library.names():
+        library.delete(name)
+    library.add(tiny("Alpha", after_memory=True))
+    library.add(tiny("Beta", after_memory=True))
+    library.add(tiny("Off", after_memory=True).model_copy(update={"enabled": False}))
+    library.add(tiny("By hand"))
+    service = KvService(settings)
+    app = make_app(settings, service=service)
+    book = st_dir / "worlds" / f"kvtui - {SOLO_CHAT_ID}.json"
+    async with app.run_test(size=SIZE) as pilot:
+        screen = MemoryScreen(service, SOLO_CHAT_ID, memory_settings=SMALL, side_previews=True)
+        await app.push_screen(screen)
+        await wait_until(pilot, lambda: screen.plan is not None, "the first plan")
+        screen.query_one("#memory-preset", Select).value = "Tiny"
+        screen.query_one("#memory-range", Input).value = "0-2"
+        screen.query_one("#memory-range", Input).focus()
+        await pilot.press("enter")
+        await wait_until(
+            pilot,
+            lambda: screen.plan is not None and screen.plan.preset.name == "Tiny",
+            "the Tiny plan",
+        )
+        await pilot.press("ctrl+r")
+        await wait_until(
+            pilot,
+            lambda: screen.preview is not None and screen.preview.state is PreviewState.READY,
+            "a preview",
+        )
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: screen.saved is not None, "the memory's save")
+
+        def modal() -> TextPreviewScreen | None:
+            top = app.screen
+            return top if isinstance(top, TextPreviewScreen) and top.status_text else None
+
+        await wait_until(pilot, lambda: modal() is not None, "the first side prompt")
+        first = modal()
+        assert first is not None and screen.after_running
+        assert screen.query_one("#memory-run").disabled  # one job runner: Run waits
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: modal() not in (None, first), "the second side prompt")
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not screen.after_running, "the batch")
+        assert app.screen is screen
+        assert screen.after is not None
+        outcomes = {o.template: o.status for o in screen.after.outcomes}
+        assert sorted(outcomes.values()) == ["cancelled", "saved"] and set(outcomes) == {
+            "Alpha", "Beta"
+        }  # fmt: skip
+        assert "Side prompts: 1 updated, 0 failed, 1 cancelled." in screen.status_text
+        entries = json.loads(book.read_text(encoding="utf-8"))["entries"].values()
+        kinds = sorted(e["kvtui_kind"] for e in entries)
+        assert kinds == ["memory", "sideprompt"]
+        logged = [e.message for e in service.events.recent() if "After memory" in e.message]
+        assert len(logged) == 2 and any("✓" in m for m in logged)
+        await pilot.press("escape")

@@ -9,9 +9,8 @@ import pytest
 
 from kvtui.llama.client import LlamaClient
 from kvtui.memory.library import LibraryError
-from kvtui.memory.preview import PreviewError, PreviewState
+from kvtui.memory.preview import PreviewError, PreviewState, TextPreview
 from kvtui.memory.scene import SceneError
-from kvtui.sideprompts.prompt import TextPreview
 from kvtui.sideprompts.service import SidePromptRefused
 from kvtui.sideprompts.templates import (
     LoreMode,
@@ -173,6 +172,20 @@ def test_cli_manages_templates(
     assert 'No side prompt named "Nope"' in capsys.readouterr().err
     assert run("Mine") == 2  # no --chat
     assert "--chat" in capsys.readouterr().err
+
+    # The optional server (and model) of a template.
+    assert run("edit", "Mine", "--model", "big") == 1
+    assert "set server_url too" in capsys.readouterr().err
+    assert run("edit", "Mine", "--server-url", "ftp://x") == 1
+    assert "http://" in capsys.readouterr().err
+    assert run("edit", "Mine", "--server-url", "http://127.0.0.1:9/", "--model", "big") == 0
+    assert run("list") == 0
+    assert "[off] Mine: every 5, manual @ http://127.0.0.1:9 (big)" in capsys.readouterr().out
+    assert run("export", "Mine", "-o", str(out)) == 0
+    assert json.loads(out.read_text())["items"][0]["model"] == "big"
+    assert run("edit", "Mine", "--server-url", "") == 0
+    mine = template_library(tmp_path / "state").get("Mine")
+    assert (mine.server_url, mine.model) == (None, None)
 
 
 async def test_concurrent_saves_into_one_book_lose_nothing(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kvtui.embedded.server import EmbeddedServer
@@ -279,3 +280,48 @@ async def test_after_memory_follows_a_real_memory_save(
     assert sorted(e["kvtui_kind"] for e in entries) == ["memory", "memory", "sideprompt"]
     last = service.plan("Plots", CHAT, span=(4, 5))
     assert book(service).memories()[0].memory.content in last.prompt.text  # earlier memory
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """The real network transport, keeping each request's path and JSON body."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.bodies: list[tuple[str, dict[str, object]]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            self.bodies.append((request.url.path, json.loads(request.content or b"{}")))
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_template_runs_on_its_own_server_and_model(
+    client: LlamaClient, server: EmbeddedServer, st_dir: Path, tmp_path: Path
+) -> None:
+    """The override is the job runner's second-server mode: the main client sends nothing."""
+    main = Recording()
+    async with LlamaClient(server.url, save_dir=server.save_dir, transport=main) as watched:
+        service = make_service(watched, st_dir, tmp_path / "state")
+        own = tiny("Elsewhere").model_copy(update={"server_url": server.url, "model": "tiny-m"})
+        only(service, own, tiny("Here"))
+        recorded = Recording()
+        service.override_transport = recorded
+        outcome = await service.run_manual("Elsewhere", CHAT, "0-3")
+        assert outcome.status == "saved" and outcome.mode == "server", outcome.message
+        assert outcome.slot is None  # the other server picks its slot
+        assert main.bodies == []
+        completions = [body for path, body in recorded.bodies if path == "/completion"]
+        assert len(completions) == 1 and completions[0]["model"] == "tiny-m"
+        assert "id_slot" not in completions[0]
+        here = await service.run_manual("Here", CHAT, "0-3")
+        assert here.mode == "utility" and here.slot == 3
+        assert [b.get("id_slot") for p, b in main.bodies if p == "/completion"] == [3]
+        assert all("model" not in b for _, b in main.bodies)
+    exported = json.loads(service.library.export(["Elsewhere"]))["items"][0]
+    assert (exported["server_url"], exported["model"]) == (server.url, "tiny-m")
+    service.library.import_json(service.library.export(["Elsewhere"]))
+    copy = service.library.get("Elsewhere (2)")
+    assert (copy.server_url, copy.model) == (server.url, "tiny-m")

@@ -55,7 +55,9 @@ async def wait_until(pilot: Pilot[Any], predicate: Callable[[], bool], what: str
 
 
 async def settle(pilot: Pilot[Any]) -> None:
-    await pilot.app.workers.wait_for_complete()
+    app = pilot.app
+    assert isinstance(app, KvtuiApp)
+    await app.wait_for_jobs()
     await pilot.pause()
 
 

@@ -46,7 +46,7 @@ async def change_server(pilot: Pilot[Any], app: KvtuiApp, url: str) -> None:
     await wait_until(
         pilot, lambda: isinstance(app.screen, DashboardScreen), f"the dashboard ({form.errors})"
     )
-    await app.workers.wait_for_complete()
+    await app.wait_for_jobs()
     await wait_until(pilot, lambda: app.service.settings.server_url == url, "the new settings")
 
 

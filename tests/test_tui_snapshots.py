@@ -24,9 +24,10 @@ from kvtui.events import Event, EventLog, Kind, Level
 from kvtui.service import ConnectionState, KvService, SlotRow, Snapshot
 from kvtui.settings import Settings
 from kvtui.store import SaveEntry, format_save_name, normalize
-from kvtui.tui.app import KvtuiApp, make_app
+from kvtui.tui.app import WATCHERS, KvtuiApp, make_app
 from kvtui.tui.screens import live
 from kvtui.tui.screens.load_picker import LoadPicker
+from kvtui.warmth import TurnRecord, WarmthLedger
 
 SnapCompare = Callable[..., bool]
 
@@ -110,6 +111,55 @@ EVENTS = [
 ]  # fmt: skip
 
 
+def turn(
+    character: str, slot: int, seconds: int, prompt_n: int, cache_n: int, **kw: Any
+) -> TurnRecord:
+    """One routed turn of the party as the ledger books it (a 12B model on CPU: 50 tok/s)."""
+    base: dict[str, Any] = dict(
+        ts=(NOW - timedelta(seconds=seconds)).isoformat(),
+        chat=PARTY,
+        chat_title="Forest Party",
+        character=character,
+        source="evidence",
+        gen_type="normal",
+        slot=slot,
+        restored=None,
+        prompt_n=prompt_n,
+        cache_n=cache_n,
+        new_tokens=prompt_n,
+        lost_tokens=0,
+        reason=None,
+        first_diff=None,
+        disk_read_bytes=0,
+        disk_write_bytes=0,
+        prompt_ms=prompt_n * 20.0,
+    )
+    base.update(kw)
+    return TurnRecord(**base)
+
+
+TURNS = [
+    turn("Seraphina", 0, 38, 598, 0),
+    turn("Kael", 1, 36, 561, 0),
+    turn("Mira", 2, 34, 590, 0),
+    turn("Brann", 0, 20, 636, 5, new_tokens=56, lost_tokens=580, reason="no_save",
+         losses={"no_save": 580}),
+    turn("Seraphina", 1, 8, 150, 628, new_tokens=44, lost_tokens=106, reason="older_save",
+         losses={"older_save": 106}, restored="seraphina-autosave.bin", restored_tokens=628,
+         behind_messages=3),
+    turn("Mira", 2, 6, 14, 590),
+    turn("Brann", 0, 4, 20, 641),
+]  # fmt: skip
+"""The party's turns behind the table: Brann's first turn found no save, Seraphina came back
+from an autosave three messages old."""
+
+
+def fixed_ledger() -> WarmthLedger:
+    ledger = WarmthLedger(None)
+    ledger.load(TURNS, session=True)
+    return ledger
+
+
 def entry(chat: str, character: str, minutes: int, tag: str | None = None) -> SaveEntry:
     when = NOW - timedelta(minutes=minutes)
     return SaveEntry(
@@ -179,6 +229,8 @@ def fixed_app(st_dir: Path | None = None, *, demo: bool = False) -> KvtuiApp:
 def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Local times on screen are the same on every machine; chat names are SillyTavern's."""
     monkeypatch.setattr(live, "chat_titles", lambda st_dir: dict(TITLES))
+    ledger = fixed_ledger()
+    monkeypatch.setattr(live.LiveScreen, "ledger", lambda self: ledger)
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     yield
@@ -187,8 +239,9 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 async def settle(pilot: Pilot[Any]) -> None:
-    """Let polls finish and the screen render; a job waiting on a dialog is left waiting."""
-    for worker in [w for w in pilot.app.workers if w.group != "job"]:
+    """Let polls finish and the screen render; a job waiting on a dialog is left waiting (and
+    the app's watchers run until exit)."""
+    for worker in [w for w in pilot.app.workers if w.group not in ("job", WATCHERS)]:
         with contextlib.suppress(WorkerCancelled):
             await worker.wait()
     await pilot.pause()

@@ -29,7 +29,7 @@ from kvtui.warmth.cli import add_stats_parser, parse_since, run_stats
 
 ON = RamCacheInfo(True, 8192, "command line", "")
 OFF = RamCacheInfo(False, 0, "command line", "")
-AWARE = WarmthPolicy(skip_restore_when_ram_cached=True, save_only_when_protective=True)
+AWARE = WarmthPolicy(skip_restore_when_ram_cached=True, save_when_protective=True)
 
 
 def record(i: int, **kw: object) -> TurnRecord:
@@ -160,6 +160,11 @@ def test_save_policy() -> None:
     assert not should_save(AWARE, saved_tokens=3800, bytes_per_token=real, **fast).act  # type: ignore[arg-type]
     unused = {**kw, "usage": 0}
     assert not should_save(WarmthPolicy(), saved_tokens=0, bytes_per_token=real, **unused).act  # type: ignore[arg-type]
+    # Not due by the seed's every N: still saved when it protects more prefill than it costs.
+    after = {**kw, "evicting": False, "autosave_due": False}
+    assert not should_save(WarmthPolicy(), saved_tokens=3800, bytes_per_token=real, **after).act  # type: ignore[arg-type]
+    assert should_save(AWARE, saved_tokens=3800, bytes_per_token=real, **after).act  # type: ignore[arg-type]
+    assert not should_save(AWARE, saved_tokens=0, bytes_per_token=real, **unused).act  # type: ignore[arg-type]
 
 
 def test_policy_reads_settings_when_they_have_the_fields() -> None:
@@ -169,7 +174,7 @@ def test_policy_reads_settings_when_they_have_the_fields() -> None:
 
     policy = WarmthPolicy.from_settings(WithFields())
     assert policy.skip_restore_when_ram_cached and policy.save_cost_ratio == 2.0
-    assert not policy.save_only_when_protective
+    assert not policy.save_when_protective
     assert WarmthPolicy.from_settings(object()) == WarmthPolicy()
 
 

@@ -43,23 +43,41 @@ def check_filename(name: str) -> None:
         raise InvalidFilename(f"{name!r} is not a plain file name: {problem}.")
 
 
-def check_slot(slot: int, total_slots: int, url: str) -> None:
-    """Raise ``SlotOutOfRange`` unless ``0 <= slot < total_slots``."""
+def slot_problem(slot: object, total_slots: int) -> str | None:
+    """Why ``slot`` is not a slot id of a server with ``total_slots`` slots, or None.
+
+    The one statement of the rule (the client, the slot book, the service and the proxy all ask
+    it): ids are whole numbers from 0 to ``total_slots - 1``. The answer is a lower-case clause
+    without a full stop, to be quoted; :func:`slot_sentence` makes a sentence of it.
+    """
     if isinstance(slot, bool) or not isinstance(slot, int):
-        raise SlotOutOfRange(
-            f"Slot id {slot!r} is not a whole number.", "Give a slot id such as 0 or 1."
-        )
+        return f"slot id {slot!r} is not a whole number"
     if 0 <= slot < total_slots:
-        return
+        return None
     if total_slots <= 0:
-        raise SlotOutOfRange(
-            f"llama-server at {url} reports no slots, so slot {slot} does not exist.",
-            "Restart llama-server with -np N (one slot per character to keep warm).",
+        return f"slot {slot} does not exist: the server reports no slots"
+    slots = "1 slot" if total_slots == 1 else f"{total_slots} slots"
+    return f"slot {slot} does not exist: the server has {slots}, 0 to {total_slots - 1}"
+
+
+def slot_sentence(problem: str) -> str:
+    """``problem`` (from :func:`slot_problem`) as a sentence."""
+    return f"{problem[:1].upper()}{problem[1:]}."
+
+
+def check_slot(slot: int, total_slots: int, url: str) -> None:
+    """Raise ``SlotOutOfRange`` unless ``0 <= slot < total_slots`` (see :func:`slot_problem`)."""
+    problem = slot_problem(slot, total_slots)
+    if problem is None:
+        return
+    if isinstance(slot, bool) or not isinstance(slot, int):
+        hint = "Give a slot id such as 0 or 1."
+    elif total_slots <= 0:
+        hint = f"llama-server at {url} has none: restart it with -np N (one slot per character)."
+    else:
+        wrapped = (slot % 2**64) % total_slots  # what the server does: to size_t, then modulo
+        hint = (
+            f"Use a slot id from 0 to {total_slots - 1}. Nothing was sent to llama-server at "
+            f"{url} (it would silently have used slot {wrapped} instead, overwriting files)."
         )
-    wrapped = (slot % 2**64) % total_slots  # what the server would do: to size_t, then modulo
-    raise SlotOutOfRange(
-        f"Slot {slot} does not exist: llama-server at {url} has {total_slots} slot(s), "
-        f"0 to {total_slots - 1}.",
-        f"Use a slot id from 0 to {total_slots - 1}. Nothing was sent (llama-server would "
-        f"silently have used slot {wrapped} instead, overwriting files).",
-    )
+    raise SlotOutOfRange(slot_sentence(problem), hint)

@@ -5,7 +5,9 @@ runs one memory job and shows the preview: accept, edit, retry or cancel at the 
 ``--yes`` to accept. Without ``--yes`` and without a terminal nothing is saved.
 ``kvtui memory presets list|show|add|edit|duplicate|delete|import|export|reset`` manages
 presets. The lead wires it into ``kvtui.cli``: ``add_memory_parser(sub, common)`` and
-``run_memory(args, settings)``.
+``run_memory(args, settings, after_save)``; ``after_save`` (``kvtui.cli_parts`` passes the side
+prompts' after-memory batch) runs on the saved scene with the same job runner, and each line it
+returns is printed (``--json``: its records under ``"sideprompts"``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,6 +33,10 @@ from kvtui.memory.settings import MemorySettings, memory_dir
 from kvtui.memory.workflow import MemoryPlan, MemoryWorkflow
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+AfterSave = Callable[[JobRunner, str, int, int], Awaitable[list[dict[str, Any]]]]
+"""Runs after a memory of chat ``chat_id``'s messages ``start``-``end`` is saved, with the
+memory's job runner; returns one record per run, each with a ``line`` to print."""
 _FAILURES = (
     SceneError,
     LibraryError,
@@ -60,6 +66,8 @@ def add_memory_parser(
     p.add_argument("--previous", type=int, metavar="N", help="earlier memories as context (0-7)")
     p.add_argument("--yes", action="store_true", help="accept the memory without asking")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-side-prompts", action="store_true",
+                   help="do not run the after-memory side prompts on the saved scene")  # fmt: skip
     sub = p.add_subparsers(dest="memory_command", metavar="presets")
     presets = sub.add_parser("presets", help="manage memory presets")
     if common is not None:
@@ -100,8 +108,9 @@ def add_memory_parser(
     return p
 
 
-def run_memory(args: argparse.Namespace, settings: Any) -> int:
-    """Run ``kvtui memory …`` with ``settings`` (a ``kvtui.settings.Settings``)."""
+def run_memory(args: argparse.Namespace, settings: Any, after_save: AfterSave | None = None) -> int:
+    """Run ``kvtui memory …`` with ``settings`` (a ``kvtui.settings.Settings``); ``after_save``
+    runs once a memory is saved (not with ``--no-side-prompts``)."""
     try:
         ms = MemorySettings.from_settings(settings)
     except ValueError as err:
@@ -126,7 +135,9 @@ def run_memory(args: argparse.Namespace, settings: Any) -> int:
                 "its Memory screen, or reserve a slot for memory jobs (memory_slot)."
             )
     try:
-        return asyncio.run(_make(args, settings, ms))
+        if getattr(args, "no_side_prompts", False):
+            after_save = None
+        return asyncio.run(_make(args, settings, ms, after_save))
     except KeyboardInterrupt:
         print("kvtui: cancelled; nothing was saved", file=sys.stderr)
         return 130
@@ -140,7 +151,9 @@ def _fail(message: object, code: int = EXIT_FAIL) -> int:
     return code
 
 
-async def _make(args: argparse.Namespace, settings: Any, ms: MemorySettings) -> int:
+async def _make(
+    args: argparse.Namespace, settings: Any, ms: MemorySettings, after_save: AfterSave | None
+) -> int:
     from kvtui.sillytavern import SillyTavernData
 
     client = LlamaClient(settings.server_url, api_key=settings.api_key, save_dir=settings.save_dir)
@@ -161,7 +174,16 @@ async def _make(args: argparse.Namespace, settings: Any, ms: MemorySettings) -> 
             saved = await flow.save(plan, preview)
         except _FAILURES as err:
             return _fail(err)
-        return _report(args, plan, preview, saved, budget.tokens)
+        if after_save is None:
+            return _report(args, plan, preview, saved, budget.tokens)
+        if not args.json:  # the memory's line first: the side prompts take a while
+            _report(args, plan, preview, saved, budget.tokens, after=True)
+        records = await after_save(runner, plan.ref.chat_id, plan.scene.start, plan.scene.end)
+        if args.json:
+            return _report(args, plan, preview, saved, budget.tokens, sideprompts=records)
+        for record in records:
+            print(record["line"], flush=True)
+        return EXIT_OK
 
 
 def _plan_text(plan: MemoryPlan, tokens: int) -> str:
@@ -230,8 +252,9 @@ def _edit(preview: Preview) -> None:
 
 
 def _report(
-    args: argparse.Namespace, plan: MemoryPlan, preview: Preview, saved: Any, tokens: int
-) -> int:
+    args: argparse.Namespace, plan: MemoryPlan, preview: Preview, saved: Any, tokens: int,
+    *, after: bool = False, sideprompts: list[dict[str, Any]] | None = None,
+) -> int:  # fmt: skip
     if args.json:
         data: dict[str, Any] = {
             "chat": plan.ref.chat_id,
@@ -248,9 +271,13 @@ def _report(
             data["entry"] = {"uid": saved.stored.uid, "number": saved.stored.number,
                              "title": saved.stored.title}  # fmt: skip
             data["hint"] = saved.hint
+        if sideprompts is not None:
+            data["sideprompts"] = sideprompts
         print(json.dumps(data, indent=2, ensure_ascii=False))
     elif saved is not None:
-        print(f"Memory {saved.stored.title!r} saved. {saved.hint}")
+        print(f"Memory {saved.stored.title!r} saved. {saved.hint}", flush=True)
+        if after:
+            print("Running the after-memory side prompts on that scene…", flush=True)
     else:
         if not args.yes and preview.memory is not None and not sys.stdin.isatty():
             _show(preview, sys.stdout)

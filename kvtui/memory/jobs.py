@@ -11,7 +11,8 @@ runs:
   the fewest cached tokens — never one that ``/slots`` shows processing or that ``busy`` reports
   in use. Its occupant is saved to a private file (``private_name("job")``), the job runs, the
   file is restored (checked by ``n_restored`` against ``n_saved``) and deleted. A slot that was
-  empty is erased again. This happens on success, failure and cancel alike.
+  empty is erased again. This happens on success, failure and cancel alike. The parking is
+  :func:`kvtui.slots.lending.lent_slot`, the one the service's ``borrowed_slot`` uses too.
 * **second server** (``memory_server_url`` set): jobs go there (to ``memory_slot`` when set);
   nothing on the main server is touched.
 
@@ -21,20 +22,29 @@ server drop the generation; the parked cache is still restored before the cancel
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from kvtui.errors import KvtuiError
 from kvtui.llama.client import LlamaClient
-from kvtui.llama.errors import LlamaError
-from kvtui.llama.models import SlotState, Timings
+from kvtui.llama.models import Timings
 from kvtui.memory.settings import MemorySettings
-from kvtui.store.names import private_name
+from kvtui.slots.lending import Borrowed, Gate, LendError, lent_slot
+
+__all__ = [
+    "Borrowed",
+    "Gate",
+    "JobError",
+    "JobProgress",
+    "JobResult",
+    "JobRunner",
+    "OnProgress",
+    "PromptTooLarge",
+    "TokenBudget",
+]
 
 
 class JobError(KvtuiError):
@@ -43,10 +53,6 @@ class JobError(KvtuiError):
 
 class PromptTooLarge(JobError):
     """The prompt and the reply cannot fit the slot's context."""
-
-
-Gate = contextlib.AbstractAsyncContextManager[Any]
-"""What the service passes to hold routing off during a borrow: its ``asyncio.Lock``."""
 
 
 @dataclass(frozen=True)
@@ -105,15 +111,6 @@ class JobResult:
 
 
 OnProgress = Callable[[JobProgress], None]
-
-
-@dataclass(frozen=True)
-class Borrowed:
-    """A borrowed slot: its occupant parked in ``filename`` (None: it was empty)."""
-
-    slot: int
-    filename: str | None
-    n_saved: int
 
 
 @dataclass
@@ -217,12 +214,18 @@ class JobRunner:
 
     @contextlib.asynccontextmanager
     async def _borrowed(self, report: _Reporter) -> AsyncIterator[Borrowed]:
-        async with contextlib.AsyncExitStack() as held:
-            park = await self._park(held, report)  # returns with the gate held
-            try:
+        lending = lent_slot(
+            self.client,
+            gate=self.gate,
+            busy=self.busy,
+            wait_timeout=self.wait_timeout,
+            report=report,
+        )
+        try:
+            async with lending as park:  # returns with the gate held, occupant parked
                 yield park
-            finally:
-                await _shielded(self._unpark(park, report))
+        except LendError as err:
+            raise JobError(err.message, err.hint) from err
 
     def _result(
         self,
@@ -275,82 +278,6 @@ class JobRunner:
             await stream.aclose()  # type: ignore[attr-defined]  # closes the connection: the server stops
         return "".join(pieces), final
 
-    # -- borrowing ---------------------------------------------------------------------------
-
-    def _choose(self, slots: list[SlotState]) -> SlotState | None:
-        idle = [s for s in slots if not s.is_processing and not (self.busy and self.busy(s.id))]
-        idle.sort(key=lambda s: (s.n_prompt_tokens or 0, s.id))
-        return idle[0] if idle else None
-
-    async def _park(self, held: contextlib.AsyncExitStack, report: _Reporter) -> Borrowed:
-        """Choose an idle slot and park its occupant; the gate stays held (in ``held``)."""
-        client = self.client
-        if client.save_dir is None:
-            raise JobError(
-                "Borrowing a slot needs kvtui's save directory (save_dir) to park its occupant; "
-                "set save_dir, or reserve a slot for memory jobs (memory_slot)."
-            )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait_timeout
-        while True:
-            gate = contextlib.AsyncExitStack()
-            if self.gate is not None:
-                await gate.enter_async_context(self.gate)
-            try:
-                chosen = self._choose(await client.slots())
-                if chosen is not None:
-                    park = await self._save_occupant(chosen, report)
-                    held.push_async_exit(gate)
-                    return park
-            except BaseException:
-                await gate.aclose()
-                raise
-            await gate.aclose()
-            if loop.time() >= deadline:
-                raise JobError(
-                    f"No slot was idle for {self.wait_timeout:.0f} s, so the job did not run; "
-                    "retry when the characters are quiet, or set memory_slot."
-                )
-            report("waiting", "Waiting for an idle slot")
-            await asyncio.sleep(0.25)
-
-    async def _save_occupant(self, slot: SlotState, report: _Reporter) -> Borrowed:
-        if not slot.n_prompt_tokens:
-            return Borrowed(slot.id, None, 0)
-        filename = private_name("job")
-        report("parking", f"Parking slot {slot.id} ({slot.n_prompt_tokens} tokens)")
-        result = await self.client.save(slot.id, filename)
-        if result.n_saved == 0:
-            self._delete(filename)
-            return Borrowed(slot.id, None, 0)
-        return Borrowed(slot.id, filename, result.n_saved)
-
-    async def _unpark(self, park: Borrowed, report: _Reporter) -> None:
-        report("restoring", f"Restoring slot {park.slot}")
-        if park.filename is None:
-            await self.client.erase(park.slot)
-            return
-        try:
-            result = await self.client.restore(park.slot, park.filename)
-        except LlamaError as err:
-            raise JobError(
-                f"Slot {park.slot}'s cache could not be restored after the job ({err}); it is "
-                f"kept in {park.filename} in the save directory. Load it into slot {park.slot} "
-                "with `kvtui load` before that character's next turn."
-            ) from err
-        if result.n_restored != park.n_saved:
-            raise JobError(
-                f"Slot {park.slot} got {result.n_restored} tokens back, not the {park.n_saved} "
-                f"parked; {park.filename} is kept in the save directory."
-            )
-        self._delete(park.filename)
-
-    def _delete(self, filename: str) -> None:
-        if self.client.save_dir is None:
-            return
-        with contextlib.suppress(OSError):
-            Path(self.client.save_dir, filename).unlink()
-
 
 class _Reporter:
     def __init__(self, callback: OnProgress | None, started: float) -> None:
@@ -360,19 +287,3 @@ class _Reporter:
     def __call__(self, stage: str, detail: str = "", tokens: int = 0) -> None:
         if self.callback is not None:
             self.callback(JobProgress(stage, detail, tokens, time.monotonic() - self.started))
-
-
-async def _shielded(coro: Any) -> None:
-    """Await ``coro`` to the end even when the surrounding task is cancelled meanwhile."""
-    task = asyncio.ensure_future(coro)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                break
-            cancelled = True
-    task.result()
-    if cancelled:
-        raise asyncio.CancelledError

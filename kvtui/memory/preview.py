@@ -129,41 +129,55 @@ class Preview:
 class TextPreview:
     """The same accept / edit / retry / cancel states for free-text output (side prompts).
 
-    A reply is ``READY`` when it has text once ``<think>`` blocks are removed; an empty reply,
-    or one the server cut at its token limit, is ``FAILED`` with a message that says what to try.
+    A reply is ``READY`` when it has text once ``<think>`` blocks are removed (a reply the
+    server cut at its token limit is ``READY`` too, with a warning in ``error``: it can be
+    edited before it is accepted); an empty reply is ``FAILED``. An edit is what gets saved.
     """
 
     state: PreviewState = PreviewState.WAITING
-    text: str | None = None
+    text: str = ""
     error: str | None = None
     raw: str = ""
     attempts: int = 0
     edited: bool = False
+    history: list[str] = field(default_factory=list)
+    """Every raw reply offered so far (oldest first)."""
+    slot: int | None = None
+    """The slot the last reply was generated in."""
+    mode: str = ""
+    """``utility``, ``borrowed`` or ``server`` (see the job runner)."""
 
     def offer(self, raw: str, *, stop_type: str | None = None, truncated: bool = False) -> None:
+        """A new reply: ``READY`` with its text, or ``FAILED`` when it is empty."""
         _require(self.state, PreviewState.WAITING)
         self.raw, self.attempts, self.edited = raw, self.attempts + 1, False
-        text = clean_reply(raw)
-        if truncated or stop_type == "limit":
-            self.text, self.state = None, PreviewState.FAILED
-            self.error = "The server stopped at its token limit: raise memory_n_predict, retry."
-        elif not text:
-            self.text, self.state = None, PreviewState.FAILED
-            self.error = "The reply is empty: retry, or use another model."
-        else:
-            self.text, self.error, self.state = text, None, PreviewState.READY
+        self.history.append(raw)
+        self.text = clean_reply(raw)
+        if not self.text:
+            self.error = "The reply was empty; retry, or edit the text by hand."
+            self.state = PreviewState.FAILED
+            return
+        cut = truncated or stop_type == "limit"
+        self.error = (
+            "The reply stopped at its length limit (n_predict); it may be cut short."
+            if cut
+            else None
+        )
+        self.state = PreviewState.READY
+
+    def fail(self, message: str) -> None:
+        """The job itself failed (server error, prompt too large)."""
+        _require(self.state, PreviewState.WAITING)
+        self.attempts += 1
+        self.text, self.error, self.state = "", message, PreviewState.FAILED
 
     def edit(self, text: str) -> str:
         """Replace the text (also after a failure); the edit is what :meth:`accept` returns."""
         _require(self.state, PreviewState.READY, PreviewState.FAILED)
         if not text.strip():
-            raise PreviewError("The text is empty.")
-        self.text, self.error, self.state, self.edited = (
-            text.strip(),
-            None,
-            PreviewState.READY,
-            True,
-        )
+            raise PreviewError("The text is empty; write something or cancel.")
+        self.text, self.error, self.edited = text.strip(), None, True
+        self.state = PreviewState.READY
         return self.text
 
     def retry(self) -> None:
@@ -172,7 +186,6 @@ class TextPreview:
 
     def accept(self) -> str:
         _require(self.state, PreviewState.READY)
-        assert self.text is not None
         self.state = PreviewState.ACCEPTED
         return self.text
 

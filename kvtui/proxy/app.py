@@ -158,12 +158,11 @@ class ProxyApp:
         if isinstance(slot, Refusal):
             await _refuse(send, slot)
             return
-        filename: object = None
-        if action in ("save", "restore"):
-            try:
-                filename = json.loads(body).get("filename")
-            except (ValueError, AttributeError, RecursionError):
-                filename = None
+        data = parse_json_object(body, str(scope["path"])) if body.strip() else {}
+        if isinstance(data, Refusal):  # llama-server would act on a malformed body anyway
+            await _refuse(send, data)
+            return
+        filename = data.get("filename") if action in ("save", "restore") else None
         problem = await self.service.client_slot_action(
             slot, action, filename if isinstance(filename, str) else None
         )

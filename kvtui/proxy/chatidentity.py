@@ -60,6 +60,7 @@ def chat_evidence(match: ChatMatch, text: str, now: float | None = None) -> Chat
         unseen_speakers=tuple(dict.fromkeys(speakers)),
         unseen_user=any(m.is_user for m in unseen) or (not in_prompt and last.is_user),
         written_ago=(time.time() if now is None else now) - match.chat.mtime,
+        rewritten=match.chat.rewritten,
     )
 
 

@@ -5,7 +5,9 @@ user's browser (the proxy's door policy has already let only allowed pages throu
 
 * ``POST /kvtui/v1/event`` — a chat was opened, or a message edited, deleted or swiped. An open
   switches kvtui's current chat at once (SillyTavern writes no file when a chat is opened, so
-  this is the only exact signal); the others are noted for the next request's classification.
+  this is the only exact signal); the others are noted for the next request's classification
+  and handed to every listener (:meth:`Companion.listen`: recall drops the cached recall of an
+  edited or deleted message's chat and character).
 * ``GET /kvtui/v1/status?chat=&character=`` — connected, the character's slot, its last turn.
 * ``POST /kvtui/v1/save`` — "save now" / "save with tag" for the character of the open chat.
 
@@ -15,6 +17,7 @@ Bodies may come as ``text/plain`` (a CORS "simple" request needs no preflight).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -41,6 +44,9 @@ class ChatEvent:
     message_index: int | None
 
 
+Listener = Callable[[ChatEvent], None]
+"""Called with each event the extension reports (after it is noted); must not block."""
+
 LastTurn = tuple[int, int]
 """(prompt_n, cache_n) of a character's last turn."""
 
@@ -52,6 +58,11 @@ class Companion:
         self.service = service
         self.events: dict[str, ChatEvent] = {}
         self.last_turns: dict[tuple[str, str], LastTurn] = {}
+        self._listeners: list[Listener] = []
+
+    def listen(self, listener: Listener) -> None:
+        """Call ``listener`` with every event the extension reports from now on."""
+        self._listeners.append(listener)
 
     def note_turn(self, chat: str, character: str, prompt_n: int, cache_n: int) -> None:
         """The router tells the status panel how a character's last turn went."""
@@ -113,6 +124,11 @@ class Companion:
             self.service.events.info(
                 Kind.ROUTE, f"SillyTavern: {event.type.replace('_', ' ')} in {chat}."
             )
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception as err:  # noqa: BLE001 - a listener never fails the event
+                self.service.events.error(Kind.ERROR, f"Handling {event.type} failed: {err!r}")
         return None
 
     def _status(self, scope: Scope) -> bytes:

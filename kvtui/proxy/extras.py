@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from kvtui.events import Kind
 from kvtui.proxy.identity import Identity
+from kvtui.proxy.recallturns import Pending, RecallTurns
 from kvtui.recall import RecallEngine, RecallSettings
 from kvtui.recall.hook import build_engine, inject
 from kvtui.service import KvService, RouteDecision, SaveOutcome
 from kvtui.slots import GenType
-from kvtui.warmth import TurnTicket, WarmthLedger
-from kvtui.warmth.bridge import begin_routed
+from kvtui.warmth import TurnTicket, WarmthLedger, WarmthPolicy
+from kvtui.warmth.bridge import begin_routed, saved_chars_reader
+from kvtui.warmth.gate import WarmthGate
 
 if TYPE_CHECKING:
-    from kvtui.proxy.companion import Companion
+    from kvtui.proxy.companion import ChatEvent, Companion
     from kvtui.proxy.routing import Routed
 
 log = logging.getLogger("kvtui.proxy")
@@ -40,19 +44,35 @@ class RouterExtras:
         self.service = service
         self.companion = companion
         settings = service.settings
+        policy = WarmthPolicy.from_settings(settings)
         self.ledger = WarmthLedger(
             settings.state_dir,
             tokenize=service.tokenize,
+            policy=policy,
+            saved_chars=saved_chars_reader(service),
             on_error=self._accounting_error,
         )
+        self.gate = WarmthGate(service, self.ledger)
+        service.use_cache_policy(self.gate)
+        self.turns = RecallTurns()
+        self._pending: dict[tuple[str, str], Pending] = {}  # recall's, until the turn begins
         self.recall: RecallEngine | None = None
         try:
             self.recall = build_engine(settings, service.st_data)
         except Exception as err:  # noqa: BLE001 - recall is optional; said once
             service.events.error(Kind.ERROR, f"Recall is off: {err}")
-        self._seen = service.losses_seen
         recall = RecallSettings.from_settings(settings)
-        self._macros = (recall.macro, recall.longterm_macro)
+        # like the engine, any case: {{KVTUI_Memories}} is the macro too
+        self._macros = re.compile(
+            f"{re.escape(recall.macro)}|{re.escape(recall.longterm_macro)}", re.I
+        )
+        companion.listen(self._chat_event)
+
+    def _chat_event(self, event: ChatEvent) -> None:
+        """An edit or deletion the extension reported: the chat's cached recalls are stale
+        (every character's: each one scans the chat's messages)."""
+        if self.recall is not None:
+            self.recall.note_event(event.chat, event.type)
 
     def _accounting_error(self, message: str) -> None:
         self.service.events.error(Kind.ERROR, message)
@@ -69,6 +89,7 @@ class RouterExtras:
         client: object,
     ) -> dict[str, Any]:
         """The body with recall macros replaced (unchanged without them)."""
+        self._pending.pop((identity.chat, identity.character), None)  # one never booked
         if self.recall is None or not self._has_macro(body):
             return body  # nearly every request: no thread hop, no book read
         outcome = await inject(
@@ -82,18 +103,18 @@ class RouterExtras:
         )
         for warning in outcome.telemetry.warnings:
             self.service.events.warning(Kind.ROUTE, warning)
+        key = (identity.chat, identity.character)
+        self._pending[key] = Pending(key, body, outcome)
         return outcome.body
 
     def _has_macro(self, body: Mapping[str, Any]) -> bool:
         """Whether ``body`` holds a recall macro: the text is searched, nothing is parsed."""
-        names = self._macros
         prompt = body.get("prompt")
         if isinstance(prompt, str):
-            return any(name in prompt for name in names)
+            return self._macros.search(prompt) is not None
         messages = body.get("messages")
         if isinstance(messages, list):
-            text = json.dumps(messages, ensure_ascii=False)
-            return any(name in text for name in names)
+            return self._macros.search(json.dumps(messages, ensure_ascii=False)) is not None
         return False
 
     def begin(
@@ -106,25 +127,26 @@ class RouterExtras:
         previous_prompt: str | None,
     ) -> TurnTicket | None:
         """Begin the turn's accounting; never raises (accounting must not block a request)."""
-        restarts, clears = self.service.losses_seen
-        if restarts > self._seen[0]:
-            self.ledger.note_server_restart()
-        if clears > self._seen[1]:
-            self.ledger.note_chat_switch()
-        self._seen = (restarts, clears)
+        self.gate.sync()
+        pending = self._pending.pop((identity.chat, identity.character), None)
         try:
-            return begin_routed(
+            turn = self.turns.begin(
+                (identity.chat, identity.character), gen_type, prompt, previous_prompt, pending
+            )
+            ticket = begin_routed(
                 self.ledger,
                 decision,
                 chat=identity.chat,
                 character=identity.character,
                 source=identity.source.value,
                 gen_type=gen_type.value,
-                prompt=prompt,
-                previous_prompt=previous_prompt,
+                prompt=turn.prompt,
+                previous_prompt=turn.previous_prompt,
                 slot=slot,
                 save_dir=self.service.settings.save_dir,
+                ram_cache_relied=self.gate.relied(identity.chat, identity.character),
             )
+            return replace(ticket, recall=turn.recall) if turn.recall is not None else ticket
         except Exception as err:  # noqa: BLE001 - logged, the request goes on
             self.service.events.error(Kind.ERROR, f"Turn accounting failed: {err!r}")
             return None
@@ -135,9 +157,10 @@ class RouterExtras:
         """The reply ended: account for it and say, in one line, what kvtui decided."""
         timings = final.get("timings") if final is not None else None
         timings = timings if isinstance(timings, Mapping) else None
+        task = None
         if routed.ticket is not None:
             try:
-                self.ledger.finish(
+                task = self.ledger.finish(
                     routed.ticket,
                     timings,
                     disk_write_bytes=saved.n_written if saved is not None else 0,
@@ -145,6 +168,8 @@ class RouterExtras:
                 )
             except Exception as err:  # noqa: BLE001 - logged
                 self.service.events.error(Kind.ERROR, f"Turn accounting failed: {err!r}")
+            if routed.ticket.recall is not None:
+                self.turns.report(self.ledger, routed.ticket, task, self.service.events)
         identity = routed.identity
         prompt_n = timings.get("prompt_n") if timings is not None else None
         cache_n = timings.get("cache_n") if timings is not None else None

@@ -17,94 +17,57 @@ character's last chat turn (:class:`TurnMemory`) and decides:
 - **normal**: anything else that asks the character to speak — a new message, an edited last user
   message (then regenerated), deleted messages. Only ``normal`` counts as a message.
 
-Quiet and impersonate requests leave the memory alone (they do not change the chat).
+Quiet and impersonate requests leave the memory alone (they do not change the chat). Finding the
+reply-request tail and the turns in a prompt is :mod:`kvtui.proxy.prompttail`'s (re-exported here).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import Any
 
-from kvtui.proxy.requestbody import render_messages as render_messages
-from kvtui.proxy.requestbody import request_n_predict as request_n_predict
-from kvtui.proxy.requestbody import request_prompt as request_prompt
-from kvtui.proxy.requestbody import request_stop as request_stop
-from kvtui.sillytavern.names import NAME_TAIL, NEXT_SPEAKER, STOP_NAME, strip_name_prefix
+from kvtui.proxy.prompttail import (
+    ANY_MARKER,
+    PromptTail,
+    TailRole,
+    has_turn,
+    last_user_message,
+    split_tail,
+    stop_names,
+)
+from kvtui.proxy.requestbody import render_messages, request_n_predict, request_prompt, request_stop
+from kvtui.sillytavern.names import strip_name_prefix
 from kvtui.sillytavern.templates import ControlPrompts, read_controls
 from kvtui.slots import GenType
+
+__all__ = [
+    "EDITED_WITHIN_S",
+    "HISTORY_WINDOW",
+    "ChatEvidence",
+    "Classification",
+    "PromptTail",
+    "TailRole",
+    "TurnMemory",
+    "classify_generation",
+    "classify_request",
+    "last_user_message",
+    "remember",
+    "render_messages",
+    "request_n_predict",
+    "request_prompt",
+    "request_stop",
+    "split_tail",
+    "stop_names",
+]
 
 HISTORY_WINDOW = 1024
 """Characters at the end of a history that decide "same turn" when the whole text differs."""
 
-_SCAN = 256  # how far from the end a reply-request tail is looked for
-_MARKER_WINDOW = 80  # longer than any instruct marker in _MARKERS
-
 EDITED_WITHIN_S = 30.0
-"""A chat file written this recently, whose last reply the prompt lacks, was edited (or had
-messages deleted) just before the request: a new turn, not a swipe. Opening a chat writes
-nothing, so a swipe as the first action after an open finds an older file."""
-
-
-class TailRole(StrEnum):
-    ASSISTANT = "assistant"
-    USER = "user"
-    SYSTEM = "system"
-
-
-_MARKERS: dict[TailRole, tuple[str, ...]] = {
-    TailRole.ASSISTANT: (
-        r"<\|im_start\|>assistant",
-        r"<\|start_header_id\|>assistant<\|end_header_id\|>",
-        r"<\|assistant\|>",
-        r"<[|｜]Assistant[|｜]>",
-        r"<start_of_turn>model",
-        r"\[/INST\]",
-        r"<\|CHATBOT_TOKEN\|>",
-        r"(?:^|\n)ASSISTANT:",
-        r"###\s*(?:Response|Assistant):?",
-    ),
-    TailRole.USER: (
-        r"<\|im_start\|>user",
-        r"<\|start_header_id\|>user<\|end_header_id\|>",
-        r"<\|user\|>",
-        r"<[|｜]User[|｜]>",
-        r"<start_of_turn>user",
-        r"\[INST\]",
-        r"<\|USER_TOKEN\|>",
-        r"(?:^|\n)USER:",
-        r"###\s*(?:Instruction|Input|User):?",
-    ),
-    TailRole.SYSTEM: (
-        r"<\|im_start\|>system",
-        r"<\|start_header_id\|>system<\|end_header_id\|>",
-        r"<\|system\|>",
-        r"<\|SYSTEM_TOKEN\|>",
-        r"(?:^|\n)SYSTEM:",
-        r"###\s*System:?",
-    ),
-}
-_AT_END = [(role, re.compile(f"(?:{p})\\s*\\Z")) for role, ps in _MARKERS.items() for p in ps]
-_TURN_MARKER = re.compile("|".join(_MARKERS[TailRole.USER] + _MARKERS[TailRole.ASSISTANT]))
-_ANY_MARKER = re.compile(
-    "|".join(p for ps in _MARKERS.values() for p in ps) + r"|<\|[^|>\n]{1,30}\|>|</s>|<end_of_turn>"
-)
-_ROLE_WORDS = frozenset({"ASSISTANT", "USER", "SYSTEM", "HUMAN"})
-
-
-@dataclass(frozen=True)
-class PromptTail:
-    """The reply request at the end of a prompt: ``\\nName:`` and/or an instruct sequence."""
-
-    text: str = ""
-    name: str | None = None
-    role: TailRole | None = None
-
-    @property
-    def present(self) -> bool:
-        return bool(self.text)
+"""When the index has not seen the chat file's previous version: a file written this recently,
+whose last reply the prompt lacks, was edited (or had messages deleted) just before the
+request: a new turn, not a swipe. Otherwise the index says whether its last change was one."""
 
 
 @dataclass(frozen=True)
@@ -142,65 +105,8 @@ class ChatEvidence:
     unseen_user: bool = False
     written_ago: float | None = None
     """Seconds since the chat file was written, when known."""
-
-
-def stop_names(stop: Iterable[str]) -> list[str]:
-    """Names in SillyTavern's ``\\nName:`` stop strings, in order."""
-    return [m.group(1) for s in stop if isinstance(s, str) and (m := STOP_NAME.match(s))]
-
-
-def _marker_at_end(text: str) -> tuple[TailRole, int] | None:
-    # Every marker is short and only whitespace may follow it: look at the trimmed end only.
-    trimmed = text.rstrip()
-    start = max(len(trimmed) - _MARKER_WINDOW, 0)
-    end = trimmed[start:]
-    for role, pattern in _AT_END:
-        if m := pattern.search(end):
-            return role, start + m.start()
-    return None
-
-
-def _plausible(name: str, before: str, known: Iterable[str]) -> bool:
-    if name in known:
-        return True
-    if name.upper() in _ROLE_WORDS or not any(c.isalpha() for c in name):
-        return False
-    return name in before  # a real speaker is named earlier (card, greeting, chat lines)
-
-
-def split_tail(prompt: str, known_names: Iterable[str] = ()) -> PromptTail:
-    """The reply-request tail; ``prompt[: len(prompt) - len(tail.text)]`` is the history part."""
-    end = prompt[-_SCAN:]
-    if m := NAME_TAIL.search(end):
-        head = prompt[: len(prompt) - len(end) + m.start()]
-        raw = m.group("name")
-        name = raw.strip()
-        head_ws = head + raw[: len(raw) - len(raw.lstrip())]
-        marker = _marker_at_end(head_ws)
-        trimmed = head_ws.rstrip(" \t")
-        if (marker or not trimmed or trimmed.endswith("\n")) and _plausible(
-            name, head, known_names
-        ):
-            start = marker[1] if marker else max(len(trimmed) - 1, 0)
-            return PromptTail(prompt[start:], name, marker[0] if marker else None)
-    if marker := _marker_at_end(prompt):
-        return PromptTail(prompt[marker[1] :], None, marker[0])
-    return PromptTail()
-
-
-def last_user_message(history: str, user_name: str | None) -> str | None:
-    """The text of the last user message in ``history`` (``\\nUser:`` line or input sequence)."""
-    start = history.rfind(f"\n{user_name}:") if user_name else -1
-    if start >= 0:
-        start += len(user_name or "") + 2
-    else:
-        found = [m.end() for m in re.finditer("|".join(_MARKERS[TailRole.USER]), history)]
-        if not found:
-            return None
-        start = found[-1]
-    text = history[start:]
-    cut = [m.start() for m in (NEXT_SPEAKER.search(text), _ANY_MARKER.search(text)) if m]
-    return text[: min(cut)].strip() if cut else text.strip()
+    rewritten: bool | None = None
+    """Its last change edited or deleted messages (None: unknown, ``written_ago`` decides)."""
 
 
 def _same_window(a: str, b: str) -> bool:
@@ -230,19 +136,12 @@ def _continues(ext: str, reply: str, character: str | None) -> bool:
     if r.startswith(e):
         return True
     more = e[len(r) :]
-    return e.startswith(r) and "\n" not in more and not _ANY_MARKER.search(more)
+    return e.startswith(r) and "\n" not in more and not ANY_MARKER.search(more)
 
 
 def _after_reply(text: str, reply: str) -> str:
     stripped, r = text.lstrip(), reply.strip()
     return stripped[len(r) :] if r and stripped.startswith(r) else text
-
-
-def _has_turn(text: str, names: Iterable[str]) -> bool:
-    """A new chat message: a ``Name:`` line of a known speaker or an instruct turn sequence."""
-    if _TURN_MARKER.search(text):
-        return True
-    return any(f"\n{n}:" in text or text.startswith(f"{n}:") for n in names)
 
 
 def _asks_user(
@@ -331,7 +230,7 @@ def _by_memory(
     grown = _extension(history, previous.prompt)
     if grown is not None:
         added = _after_reply(grown, previous.reply)
-        if added.strip() and not _has_turn(added, known):
+        if added.strip() and not has_turn(added, known):
             return GenType.QUIET, "an instruction after the last reply, no new message"
         return GenType.NORMAL, "new message(s) since the last reply"
     return GenType.NORMAL, "the chat history changed"
@@ -351,7 +250,10 @@ def _from_chat(
         return None
     if character is not None and character not in chat.unseen_speakers:
         return None
-    if chat.written_ago is not None and chat.written_ago < EDITED_WITHIN_S:
+    edited = chat.rewritten
+    if edited is None:
+        edited = chat.written_ago is not None and chat.written_ago < EDITED_WITHIN_S
+    if edited:
         return GenType.NORMAL, "the chat was just rewritten (an edit or delete) before this reply"
     return GenType.SWIPE, "the chat's last reply is not in the prompt: a swipe or regenerate"
 

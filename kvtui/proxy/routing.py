@@ -260,6 +260,12 @@ class GenerationRouter:
             return None, forwarded
         forwarded["id_slot"] = slot
         forwarded["cache_prompt"] = True
+        if (
+            job == "quiet"
+        ):  # SillyTavern's own prompt (a summary…): its macro gets the cached recall
+            forwarded = await self.extras.before_forward(
+                forwarded, identity, gen_type, identified.user, None
+            )
         service.events.info(
             Kind.ROUTE, f"Background job ({job}) for {identity.character}: slot {slot}, {how}."
         )

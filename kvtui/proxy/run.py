@@ -202,6 +202,11 @@ async def run_proxy_forever(settings: Settings) -> int:
     if service.follows_chats:
         watch = service.follow_chats(stop)
         tasks.append(asyncio.create_task(_logged("chat-switch watcher", service, watch)))
+    from kvtui.sideprompts.follow import LiveSidePrompts, follows_live_chat
+
+    if follows_live_chat(service):  # side prompts' interval trigger on the live chat
+        live = LiveSidePrompts(service).run(stop)
+        tasks.append(asyncio.create_task(_logged("side-prompt follower", service, live)))
     try:
         await stop.wait()
     except asyncio.CancelledError:  # KeyboardInterrupt delivered as a cancellation

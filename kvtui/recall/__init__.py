@@ -6,8 +6,9 @@ generation request: it finds the
 ``{{kvtui_memories}}`` (per-turn recall) and ``{{kvtui_longterm}}`` (stable long-term block)
 macros, chooses the chat's kvtui memories World-Info style (:mod:`kvtui.recall.select`), keeps
 the recall per (chat, character) right across swipe, regenerate, edit and delete
-(:mod:`kvtui.recall.engine`), and returns the body to forward with telemetry. Service layer: no
-textual here.
+(:mod:`kvtui.recall.engine`), optionally keeps each turn's recall where the model read it
+(:mod:`kvtui.recall.pins`), and returns the body to forward with telemetry
+(:mod:`kvtui.recall.telemetry`: what the proxy books per turn). Service layer: no textual here.
 """
 
 from __future__ import annotations

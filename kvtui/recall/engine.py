@@ -22,6 +22,8 @@ classification reports a regenerate as ``swipe`` and an edited-then-regenerated 
 same turn again and reuses it. A *redone* round starts from the sticky records the replaced round
 started from, so editing a message and regenerating gives what a first send of the edited
 message would have. Without a well-formed macro nothing is computed and the body is untouched.
+With ``keep_in_history`` earlier turns' recall stays in a text prompt where it was injected
+(:mod:`kvtui.recall.pins`) and the memories it shows are not injected again.
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from kvtui.atomic import write_atomic
+from kvtui.recall import pins
 from kvtui.recall.history import ChatView, chat_view
 from kvtui.recall.longterm import build_longterm, longterm_due
 from kvtui.recall.macro import replace_macros, scan
@@ -52,6 +55,8 @@ from kvtui.recall.select import (
 from kvtui.recall.settings import RecallSettings
 from kvtui.recall.state import CharacterRecall, LongTerm, load_state
 from kvtui.slots import GenType
+
+_TURNS = frozenset({GenType.NORMAL, GenType.SWIPE, GenType.REGENERATE, GenType.CONTINUE})
 
 
 class Decision(StrEnum):
@@ -92,6 +97,8 @@ class RecallTelemetry:
 class RecallOutcome:
     body: dict[str, Any]  # what to forward (the caller's body itself when nothing changed)
     telemetry: RecallTelemetry
+    values: Mapping[str, str] = field(default_factory=dict)  # each macro's replacement text
+    text: str = ""  # this turn's recall as injected
 
 
 class RecallEngine:
@@ -112,6 +119,7 @@ class RecallEngine:
         self.state, self.error = load_state(state_path)
         """The last problem with the state file (unreadable at start, or a failed write)."""
         self._lock = threading.Lock()  # the proxy may call from worker threads
+        self._shown: set[str] = set()  # chosen memories the prompt shows already (kept recall)
         self._written: str | None = None
 
     # -- the proxy's entry points ------------------------------------------------------------
@@ -186,6 +194,12 @@ class RecallEngine:
             longterm = self._longterm(chat, memories)
             values[s.longterm_macro] = longterm.text
         exclude = set(longterm.ids) if longterm is not None and s.exclude_longterm else set()
+        plan = None
+        if s.keep_in_history and found.has(s.macro):
+            held = self.state.characters.get((chat, character))
+            pinned = held.pins if held is not None else ()
+            plan = pins.plan(body, values, s.macro, pinned, s.keep_budget, self.count_tokens)
+        self._shown = plan.ids if plan is not None else set()
         decision: Decision | None = None
         reason, text = "", ""
         ids: tuple[str, ...] = ()
@@ -193,17 +207,34 @@ class RecallEngine:
             decision, reason, ids, text = self._recall(
                 chat, character, gen_type, view, memories, exclude
             )
+            if gen_type not in _TURNS and ids and set(ids) <= self._shown:
+                ids, text = (), ""  # an impersonation after the turn: the prompt shows it all
             values[s.macro] = text
         replaced = replace_macros(body, values)
         placed = replaced.placements
+        out = replaced.body if replaced.changed else body
+        position = placed[s.macro].position if s.macro in placed else None
+        chars_after = placed[s.macro].chars_after if s.macro in placed else None
+        if plan is not None:
+            kept_body, kept, position = pins.finish(
+                plan, out, text, ids, s.keep_budget, self.count_tokens
+            )
+            out = body if kept_body == body else kept_body
+            held = self.state.characters.get((chat, character))
+            if held is not None and decision is not Decision.TRANSIENT and gen_type in _TURNS:
+                held.pins = kept
+            prompt = out.get("prompt")
+            chars_after = None
+            if position is not None and isinstance(prompt, str):
+                chars_after = len(prompt) - position - len(text)
         telemetry = RecallTelemetry(
             "found",
             decision,
             reason,
             ids,
             chars=len(text),
-            position=placed[s.macro].position if s.macro in placed else None,
-            chars_after=placed[s.macro].chars_after if s.macro in placed else None,
+            position=position,
+            chars_after=chars_after,
             changed=self._note_injected(chat, character, text) if decision else None,
             longterm_batch=longterm.batch if longterm else None,
             longterm_chars=len(longterm.text) if longterm else 0,
@@ -215,7 +246,7 @@ class RecallEngine:
             warnings=warnings,
         )
         self._save()
-        return RecallOutcome(replaced.body if replaced.changed else body, telemetry)
+        return RecallOutcome(out, telemetry, values, text)
 
     def note_event(self, chat: str, kind: str, character: str | None = None) -> None:
         """A companion-extension event (``POST /kvtui/v1/event``): an edited or deleted message
@@ -314,6 +345,7 @@ class RecallEngine:
         )
         ranked = rank(memories, window, s, sticky, round_no, exclude)
         chosen = chronological(pick(ranked, s, self.count_tokens))
+        chosen = [m for m in chosen if m.id not in self._shown]  # kept in the prompt already
         return tuple(m.id for m in chosen), render_block(chosen, s)
 
     def _note_injected(self, chat: str, character: str, text: str) -> bool | None:

@@ -75,6 +75,14 @@ class RecallSettings(BaseModel):
     longterm_budget: int = Field(default=1000, ge=1, le=100_000)
     """Most tokens in the long-term block (the newest memories that fit are kept)."""
 
+    keep_in_history: bool = False
+    """Keep each turn's recall in the prompt where it was injected (text completion), so the
+    reply written after it stays cached; a memory already shown there is not repeated."""
+
+    keep_budget: int = Field(default=1000, ge=1, le=100_000)
+    """Most tokens of earlier turns' recall kept in the prompt (estimated as characters / 4);
+    once full, a new turn's recall is injected but not kept."""
+
     exclude_longterm: bool = True
     """Leave memories already in the long-term block out of the per-turn recall."""
 

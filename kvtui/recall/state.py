@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kvtui.recall.history import RecallKey
+from kvtui.recall.pins import Pin
 from kvtui.recall.select import Sticky
 
 MAX_CHARACTERS = 500
@@ -37,9 +38,11 @@ class CharacterRecall:
     sticky_before: dict[str, Sticky] = field(default_factory=dict)
     stale: str | None = None  # why the cached recall may no longer hold (a reported event)
     last_injected: str | None = None
+    pins: tuple[Pin, ...] = ()  # earlier turns' recall kept in the prompt (keep_in_history)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "pins": [pin.to_json() for pin in self.pins],
             "round": self.round,
             "key": self.key.to_json() if self.key else None,
             "text": self.text,
@@ -63,6 +66,11 @@ class CharacterRecall:
             sticky_before=_sticky_from(data.get("sticky_before")),
             stale=str(stale) if stale else None,
             last_injected=str(last) if isinstance(last, str) else None,
+            pins=tuple(
+                pin
+                for raw in data.get("pins") or []
+                if isinstance(raw, Mapping) and (pin := Pin.from_json(raw)) is not None
+            ),
         )
 
 

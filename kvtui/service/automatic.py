@@ -3,19 +3,36 @@ and the seed's chat switch.
 
 Resident characters keep their slot; a newcomer gets a free slot or evicts the least-used one
 (saving it first); on a new residency the character's latest save for the chat is restored once.
-After a reply the message is counted and every N messages the slot is autosaved.
+After a reply the message is counted and every N messages the slot is autosaved. A
+:class:`CachePolicy` (``KvService.use_cache_policy``; kvtui.warmth's RAM-aware one) may skip a
+restore or a save the seed's rules would make.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from kvtui.events import Kind
 from kvtui.service.core import ServiceCore
 from kvtui.service.loads import Loads
 from kvtui.service.outcomes import LoadOutcome, RouteDecision, SaveOutcome
 from kvtui.service.saves import SAVE_FAILURES, Saves
-from kvtui.slots import Allocation, GenType
+from kvtui.slots import Allocation, GenType, SlotRecord
+
+
+class CachePolicy(Protocol):
+    """Consulted before automatic mode restores a save or takes one; ``None`` keeps the seed's
+    rule. Each decision that differs from the seed's is said in the event log, with its why."""
+
+    async def skip_restore(self, chat: str, character: str, save_tokens: int | None) -> str | None:
+        """Before a character's latest save is restored into its new slot."""
+
+    def save_choice(
+        self, record: SlotRecord, *, evicting: bool, due: bool
+    ) -> tuple[bool, str] | None:
+        """Save ``record``'s slot now (before its eviction, or after a message; ``due``: the
+        seed's rule says so)? ``None`` keeps the seed's rule; else the decision and why."""
 
 
 class Automatic:
@@ -25,6 +42,7 @@ class Automatic:
         self.core = core
         self.saves = saves
         self.loads = loads
+        self.policy: CachePolicy | None = None
 
     async def route(
         self,
@@ -56,7 +74,7 @@ class Automatic:
                 evicted_character = allocation.evicted.character
         restored: LoadOutcome | None = None
         if not core.book.record(slot).autoload_done:
-            restored = await self.loads.autoload(slot, chat, character, prompt)
+            restored = await self.loads.autoload(slot, chat, character, prompt, self.policy)
         if gen_type is not GenType.IMPERSONATE:
             core.book.count_generation(slot, gen_type)
         core.persist()
@@ -73,7 +91,19 @@ class Automatic:
         )
 
     async def _evict(self, allocation: Allocation) -> SaveOutcome | None:
-        if allocation.evicted is None or not allocation.evicted.character:
+        evicted = allocation.evicted
+        if evicted is None or not evicted.character:
+            return None
+        choice = None
+        if self.policy is not None and allocation.save_first:
+            choice = self.policy.save_choice(evicted, evicting=True, due=True)
+        if choice is not None and not choice[0]:
+            why = choice[1]
+            self.core.events.info(
+                Kind.EVICT,
+                f"Evicted {evicted.character} from slot {allocation.slot} (usage "
+                f"{evicted.usage}) without a save: {why}.",
+            )
             return None
         return await self.saves.farewell(allocation, required=False)
 
@@ -108,6 +138,13 @@ class Automatic:
             and record.character is not None
             and book.messages_until_save(slot, settings.autosave_every) <= 0
         )
+        choice = None
+        if self.policy is not None and settings.autosave_enabled and core.store is not None:
+            choice = self.policy.save_choice(record, evicting=False, due=due)
+        if choice is not None and record.character is not None:
+            if due and not choice[0]:
+                core.events.info(Kind.AUTOSAVE, f"Autosave of slot {slot} skipped: {choice[1]}.")
+            due = choice[0]
         if not due:
             core.persist()
             return None
@@ -152,11 +189,18 @@ class Automatic:
             core.book.release(slot)
             free.append(slot)
         held = core.book.last_held
+        # Each character back in the slot it last held first (what that slot still holds of
+        # its card is a prefix the server reuses for nothing), then the others in free slots:
+        # an earlier member never takes a later member's own slot.
+        waiting: list[str] = []
         for character in characters:
-            if not free:
-                break
             own = [s for s in free if held.get(s) == character]
-            slot = own[0] if own else free[0]
+            if own:
+                free.remove(own[0])
+                core.book.assign(own[0], chat, character)
+            else:
+                waiting.append(character)
+        for character, slot in zip(waiting, list(free), strict=False):
             free.remove(slot)
             core.book.assign(slot, chat, character)
         core.persist()

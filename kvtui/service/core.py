@@ -18,6 +18,7 @@ from typing import Any
 from kvtui.atomic import private_dir, write_atomic
 from kvtui.events import EventLog, Kind
 from kvtui.llama import LlamaClient
+from kvtui.llama.checks import slot_problem, slot_sentence
 from kvtui.llama.models import Props
 from kvtui.service.outcomes import ConnectionState, ServiceError
 from kvtui.service.prompts import PromptRecorder
@@ -171,16 +172,14 @@ class ServiceCore:
         return self.client.total_slots or self.book.n_slots
 
     def slot_problem(self, slot: int) -> str | None:
-        """Why ``slot`` is not a slot of this server (llama-server would wrap it), or None."""
-        total = self.total_slots
-        if 0 <= slot < total:
-            return None
-        return f"slot {slot} does not exist: the server has slots 0 to {total - 1}"
+        """Why ``slot`` is not a slot of this server (llama-server would wrap it), or None
+        (the rule is :func:`kvtui.llama.checks.slot_problem`)."""
+        return slot_problem(slot, self.total_slots)
 
     def check_slot(self, slot: int) -> None:
         problem = self.slot_problem(slot)
         if problem is not None:
-            raise ServiceError(f"{problem.capitalize()}.")
+            raise ServiceError(slot_sentence(problem))
 
 
 BOOK = "book"

@@ -20,10 +20,10 @@ from typing import Any
 from kvtui.events import EventLog
 from kvtui.llama import CompletionResult, LlamaClient
 from kvtui.llama.models import Props, SlotState
-from kvtui.service.automatic import Automatic
+from kvtui.service.automatic import Automatic, CachePolicy
 from kvtui.service.borrow import borrowed_slot
 from kvtui.service.chats import ChatFollower
-from kvtui.service.core import ServiceCore, new_client
+from kvtui.service.core import BOOK, ServiceCore, new_client
 from kvtui.service.loads import Loads
 from kvtui.service.monitor import Monitor
 from kvtui.service.outcomes import (
@@ -74,10 +74,11 @@ class KvService:
         await self._core.flush()
         await self._core.client.aclose()
 
-    async def flush(self) -> None:
+    async def flush(self) -> OSError | None:
         """Wait until the slot book and the recorded prompts are on disk (writes run behind
-        the event loop)."""
+        the event loop); the error that kept the slot book off the disk, if it failed."""
         await self._core.flush()
+        return self._core.writes.failed.get(BOOK)
 
     async def __aenter__(self) -> KvService:
         return self
@@ -357,14 +358,17 @@ class KvService:
         async with self._core.lock:
             return await self._automatic.switch_chat(chat, characters)
 
+    def use_cache_policy(self, policy: CachePolicy | None) -> None:
+        """A policy automatic mode asks before a restore or save (``None``: the seed's rules)."""
+        self._automatic.policy = policy
+
     def borrowed_slot(self, preferred: int | None = None) -> AbstractAsyncContextManager[int]:
         """``async with service.borrowed_slot(slot) as slot:`` — a slot for one background job,
         its occupant parked before and restored after (see :mod:`kvtui.service.borrow`)."""
         return borrowed_slot(self._core, preferred)
 
     def job_gate(self) -> asyncio.Lock:
-        """Held by a background job (a memory) that borrows a character's slot: no routing,
-        save or load runs meanwhile, so no character is sent into the borrowed slot."""
+        """Held by a background job that borrows a slot: no routing, save or load meanwhile."""
         return self._core.lock
 
     async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:

@@ -8,6 +8,7 @@ latest save for its chat the first time it takes a slot, never over a live cache
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from kvtui.events import Kind
 from kvtui.llama import LlamaError, RestoreFailed
@@ -17,6 +18,9 @@ from kvtui.service.saves import Saves
 from kvtui.slots import Allocation, SlotBookError
 from kvtui.store import SaveEntry
 from kvtui.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from kvtui.service.automatic import CachePolicy
 
 
 class Loads:
@@ -127,12 +131,18 @@ class Loads:
             raise ServiceError(str(err)) from err
 
     async def autoload(
-        self, slot: int, chat: str, character: str, prompt: str | None = None
+        self,
+        slot: int,
+        chat: str,
+        character: str,
+        prompt: str | None = None,
+        policy: CachePolicy | None = None,
     ) -> LoadOutcome | None:
         """A character's first generation in a slot: restore its best save for ``chat``.
 
         ``prompt`` is the request's canonical text (``kvtui.fingerprint.canonical_text``): with
-        it a save that holds another conversation is never restored for this one.
+        it a save that holds another conversation is never restored for this one. ``policy``
+        may leave the character to llama-server's memory instead (no disk read).
         """
         core = self.core
         core.book.mark_autoload_done(slot)
@@ -143,6 +153,10 @@ class Loads:
         for note in notes:
             core.events.warning(Kind.AUTOLOAD, f"Not restoring {character}: {note}")
         if entry is None:
+            return None
+        why = await policy.skip_restore(chat, character, entry.n_saved) if policy else None
+        if why is not None:
+            core.events.info(Kind.AUTOLOAD, f"Not restoring {character} from disk: {why}.")
             return None
         try:
             entry = self.restorable(entry, n_ctx)

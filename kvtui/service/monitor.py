@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 from kvtui.events import Kind
@@ -17,6 +17,7 @@ from kvtui.llama import LlamaError, ModelLoading, ServerUnreachable
 from kvtui.llama.models import SlotState
 from kvtui.service.core import ServiceCore
 from kvtui.service.outcomes import ConnectionState, SlotRow, Snapshot
+from kvtui.store import StoreError
 
 
 class Monitor:
@@ -103,6 +104,7 @@ class Monitor:
         if lost:
             self.core.server_restarts += 1
             self._last_task_ids.clear()
+            self._drop_cacheless(range(book.n_slots))
             forgotten = book.mark_all_lost()
             if forgotten:
                 names = ", ".join(forgotten)
@@ -122,18 +124,20 @@ class Monitor:
         A slot that has run no task since the server started shows no ``id_task``. If the
         book says a character is there with work in it, that work is gone (or was a restore
         that nothing used since, which restoring again repeats exactly), so the character is
-        restored from its latest save on its next request.
+        restored from its latest save on its next request. One without a save is dropped.
         """
         book = self.core.book
+        idle = [s.id for s in slots if s.id_task is None and s.id < book.n_slots]
+        dropped = self._drop_cacheless(idle)
         fresh = [
-            s.id
-            for s in slots
-            if s.id_task is None
-            and s.id < book.n_slots
-            and book.record(s.id).occupied
-            and (book.record(s.id).autoload_done or book.record(s.id).tokens)
+            slot
+            for slot in idle
+            if book.record(slot).occupied
+            and (book.record(slot).autoload_done or book.record(slot).tokens)
         ]
         forgotten = book.mark_lost(fresh)
+        if dropped and not forgotten:
+            self.core.persist()
         if forgotten:
             self.core.events.warning(
                 Kind.CONNECTION,
@@ -141,6 +145,33 @@ class Monitor:
                 "restored from its latest save on its next request.",
             )
             self.core.persist()
+
+    def _drop_cacheless(self, slots: Iterable[int]) -> list[str]:
+        """Let go of the book's entries in ``slots`` (which hold nothing on the server now)
+        whose character has no save to be restored from either: nothing of theirs is warm
+        anywhere, so listing them would only keep a slot from others. Said once in the event
+        log; each gets a slot again on its next request."""
+        book, store = self.core.book, self.core.store
+        dropped: list[str] = []
+        for slot in slots:
+            record = book.record(slot)
+            if record.character is None:
+                continue
+            if store is not None and record.chat is not None:
+                try:
+                    if store.latest(record.chat, record.character) is not None:
+                        continue  # restored from it on its next request
+                except (StoreError, OSError):
+                    continue  # cannot tell: keep it
+            book.release(slot)
+            dropped.append(record.character)
+        if dropped:
+            self.core.events.warning(
+                Kind.CONNECTION,
+                f"Dropped {', '.join(dropped)} from the slot book: llama-server holds no cache "
+                "for them and no save exists; each gets a slot again on its next request.",
+            )
+        return dropped
 
     def snapshot(self, slots: Sequence[SlotState] = (), error: str | None = None) -> Snapshot:
         core = self.core

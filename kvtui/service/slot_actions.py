@@ -15,6 +15,7 @@ from kvtui.events import Kind
 from kvtui.service.core import ServiceCore
 from kvtui.service.saves import Saves
 from kvtui.slots import Allocation
+from kvtui.store import StoreError
 from kvtui.store.names import PRIVATE_PREFIX, InvalidSaveName, check_filename, is_private_name
 
 
@@ -90,6 +91,11 @@ class SlotActions:
             )
         if action == "restore" and not store.exists(filename):
             return f"no save file named {filename!r} (a failed restore wipes the slot)"
+        if action == "restore":  # checked as kvtui's own loads are: the slot keeps its cache
+            try:
+                store.check_restorable(filename, core.props.n_ctx if core.props else None)
+            except StoreError as err:
+                return str(err).rstrip(".")
         return None
 
     def release_for_client(self, slot: int, action: str) -> None:

@@ -30,6 +30,9 @@ class WriteBehind:
         self._delay = delay
         self._pending: dict[Hashable, tuple[Write, Callable[[], None] | None]] = {}
         self._task: asyncio.Task[None] | None = None
+        self.failed: dict[Hashable, OSError] = {}
+        """The last write of each key that failed, until a later one for that key succeeds
+        (headless commands check the slot book's before they exit)."""
 
     def submit(self, key: Hashable, write: Write, done: Callable[[], None] | None = None) -> None:
         """Queue ``write`` (replacing a queued one for ``key``); ``done`` runs after success."""
@@ -54,17 +57,24 @@ class WriteBehind:
             self._pending.clear()
             results = await asyncio.to_thread(_run_batch, [write for _, (write, _) in batch])
             for (key, (_, done)), error in zip(batch, results, strict=True):
-                if error is not None:
-                    self._on_error(key, error)
-                elif done is not None:
-                    done()
+                self._finished(key, error, done)
 
     def _run(self, key: Hashable, write: Write, done: Callable[[], None] | None) -> None:
         try:
             write()
         except OSError as err:
-            self._on_error(key, err)
+            self._finished(key, err, done)
+        else:
+            self._finished(key, None, done)
+
+    def _finished(
+        self, key: Hashable, error: OSError | None, done: Callable[[], None] | None
+    ) -> None:
+        if error is not None:
+            self.failed[key] = error
+            self._on_error(key, error)
             return
+        self.failed.pop(key, None)
         if done is not None:
             done()
 

@@ -1,16 +1,19 @@
 """Side prompts: trackers (plot points, status, cast, assessment) kept in a chat's lorebook.
 
 The service layer (never imports textual): ``templates`` holds the template model, built-ins and
-library; ``prompt`` builds the prompt and the plain-text preview; ``checkpoints`` keeps each
-template's last-seen message per chat; ``service`` plans, runs (KV-safe, through the memory job
-runner) and upserts the tracker entry, with the after-memory batch and manual runs; ``interval``
-is the interval trigger on the live chat; ``cli`` is ``kvtui sideprompt``.
+library; ``prompt`` builds the prompt (the preview is :class:`kvtui.memory.preview.TextPreview`);
+``checkpoints`` keeps each template's last-seen message per chat; ``runs`` is what a run is and
+ends with; ``planner`` decides a run's scene and prompt; ``service`` runs it (KV-safe, through
+the memory job runner; ``override`` is a template's own server) and upserts the tracker entry,
+with the after-memory batch and manual runs; ``interval`` is the interval trigger and
+``follow`` runs it on the live chat in the background; ``cli`` is ``kvtui sideprompt``.
 """
 
 from __future__ import annotations
 
+from kvtui.memory.preview import TextPreview
 from kvtui.sideprompts.interval import IntervalTrigger
-from kvtui.sideprompts.prompt import TextPreview, build_prompt
+from kvtui.sideprompts.prompt import build_prompt
 from kvtui.sideprompts.service import (
     Decide,
     SideOutcome,

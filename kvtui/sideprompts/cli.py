@@ -3,8 +3,9 @@
 ``kvtui sideprompt "NAME" [X-Y] --chat CHAT [--yes] [--json]`` runs one template (without a
 range: the messages since its checkpoint) and shows the reply; ``--yes`` (or no terminal with
 ``--yes``) accepts it into the chat's lorebook. ``kvtui sideprompt list|show|add|edit|duplicate|
-enable|disable|delete|import|export|recreate-builtins …`` manages templates. Registered with
-:func:`kvtui.cli.command`; the lead imports this module in ``kvtui.cli.build_parser``.
+enable|disable|delete|import|export|recreate-builtins …`` manages templates.
+:func:`after_memory_hook` is the after-memory batch ``kvtui memory`` runs on a saved scene.
+Registered with :func:`kvtui.cli.command`; ``kvtui.cli_parts`` imports this module.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from kvtui.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE, command, warn
+from kvtui.memory.jobs import JobRunner
 from kvtui.memory.library import LibraryError
-from kvtui.memory.preview import PreviewState
+from kvtui.memory.preview import PreviewState, TextPreview
 from kvtui.memory.settings import MemorySettings
 from kvtui.settings import Settings
-from kvtui.sideprompts.prompt import TextPreview
 from kvtui.sideprompts.service import FAILURES, SideOutcome, SidePromptService, SideRun
 from kvtui.sideprompts.templates import LoreMode, SidePrompt, template_library
 
@@ -61,7 +65,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=_interval, metavar="N|off", default=argparse.SUPPRESS)
     p.add_argument("--manual", type=_on_off, metavar="on|off")
     p.add_argument("--previous", type=int, metavar="0-7", help="earlier memories as context")
-    p.add_argument("--server-url", metavar="URL", help="another llama-server for this template")
+    p.add_argument("--server-url", metavar="URL",
+                   help='another llama-server for this template ("" clears it)')  # fmt: skip
+    p.add_argument("--model", metavar="NAME", help='the model on that server ("" clears it)')
     p.add_argument("--mode", choices=[m.value for m in LoreMode], help="lorebook mode")
     p.add_argument("--position", type=int, help="World Info position (0-3, 5-7)")
     p.add_argument("--order", type=int, help="entry order (0-9999)")
@@ -78,6 +84,10 @@ def sideprompt_command(settings: Settings, args: argparse.Namespace) -> int:
         if words[0] in ACTIONS:
             return _manage(settings.state_dir, words[0], words[1:], args)
         return _run(settings, words, args)
+    except ValidationError as err:
+        first = err.errors()[0]
+        warn(f"{'.'.join(str(p) for p in first['loc']) or 'template'}: {first['msg']}")
+        return EXIT_FAIL
     except (LibraryError, OSError, ValueError) as err:
         warn(err)
         return EXIT_FAIL
@@ -94,6 +104,10 @@ def _changes(args: argparse.Namespace, base: SidePrompt | None) -> dict[str, Any
         changes["previous_memories"] = args.previous
     if args.server_url is not None:
         changes["server_url"] = args.server_url
+        if not args.server_url.strip():
+            changes["model"] = None  # no other server: no model on it
+    if args.model is not None:
+        changes["model"] = args.model
     triggers = (base.triggers if base else SidePrompt(name="x", prompt="x").triggers).model_dump()
     for name in ("after_memory", "manual", "interval"):
         if getattr(args, name, None) is not None or (name == "interval" and "interval" in args):
@@ -129,7 +143,10 @@ def _manage(state_dir: Path, action: str, rest: list[str], args: argparse.Namesp
                   ("manual", t.triggers.manual)) if flag]  # fmt: skip
             state = "on " if t.enabled else "off"
             mark = " (built-in)" if t.builtin else ""
-            print(f"[{state}] {t.name}{mark}: {', '.join(on) or 'no triggers'}")
+            where = (
+                f" @ {t.server_url}" + (f" ({t.model})" if t.model else "") if t.server_url else ""
+            )
+            print(f"[{state}] {t.name}{mark}: {', '.join(on) or 'no triggers'}{where}")
         return EXIT_OK
     if action == "recreate-builtins":
         library.reset_builtins()
@@ -216,7 +233,6 @@ async def run_headless(
 ) -> int:  # fmt: skip
     """One manual run with a real client; what ``kvtui sideprompt NAME [X-Y]`` does."""
     from kvtui.llama.client import LlamaClient
-    from kvtui.memory.jobs import JobRunner
 
     assert settings.st_dir is not None
     client = LlamaClient(settings.server_url, api_key=settings.api_key, save_dir=settings.save_dir)
@@ -276,3 +292,36 @@ def _report(outcome: SideOutcome, args: argparse.Namespace) -> int:
     else:
         warn(outcome.message)
     return EXIT_FAIL if outcome.status == "failed" else EXIT_OK
+
+
+def after_memory_hook(
+    settings: Settings, *, yes: bool
+) -> Callable[[JobRunner, str, int, int], Awaitable[list[dict[str, Any]]]]:
+    """What ``kvtui memory`` runs once a memory is saved: every enabled after-memory template on
+    that scene, with the memory's job runner (so the same slot rules hold); one record per
+    template, with the ``line`` the CLI prints. With ``--yes`` (or previews off) each reply is
+    saved as it comes; at a terminal each one is shown to accept, edit, retry or cancel."""
+    from kvtui.sideprompts.settings import SidePromptSettings
+
+    previews = SidePromptSettings.from_settings(settings).sideprompt_previews
+    interactive = previews and not yes and sys.stdin.isatty()
+
+    async def hook(runner: JobRunner, chat_id: str, start: int, end: int) -> list[dict[str, Any]]:
+        try:
+            service = SidePromptService.from_settings(settings, runner)
+        except FAILURES as err:
+            return [{"template": "side prompts", "status": "failed", "message": str(err),
+                     "line": f"✗ side prompts: {err}"}]  # fmt: skip
+        asking = asyncio.Lock()  # a batch's previews one at a time
+
+        async def decide(run: SideRun, preview: TextPreview) -> None:
+            async with asking:
+                print(f"\nSide prompt {run.template.name}:", file=sys.stderr)
+                await _decide(service, run, preview, yes=False, interactive=True)
+
+        outcomes = await service.run_after_memory(
+            chat_id, start, end, decide if interactive else None
+        )
+        return [dict(o.__dict__, line=o.line) for o in outcomes]
+
+    return hook

@@ -6,7 +6,8 @@ schedules one run, debounced (about 10 s by default; ``debounce`` is injectable 
 wait), re-checked after the wait, on the messages since the checkpoint capped to the recent
 window. A (template, chat) pair has at most one run pending, so a threshold fires once; the run
 moves the checkpoint, so the next fires only at the next threshold. :meth:`IntervalTrigger.watch`
-follows the live chat through SillyTavern's data directory (every write of the active chat).
+follows the live chat through SillyTavern's data directory (every write of the active chat);
+:mod:`kvtui.sideprompts.follow` runs it in the background of the dashboard and ``kvtui proxy``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kvtui.sideprompts.service import FAILURES, Decide, SideOutcome, SidePromptService
+from kvtui.sideprompts.runs import FAILURES, Decide, SideOutcome, SideRun
+from kvtui.sideprompts.service import SidePromptService
 from kvtui.sideprompts.templates import SidePrompt
 from kvtui.sillytavern import ChatRef
 
@@ -37,12 +39,18 @@ class IntervalTrigger:
         debounce: Callable[[], Awaitable[None]] = _ten_seconds,
         decide: Decide | None = None,
         on_outcome: Callable[[SideOutcome], None] | None = None,
+        on_start: Callable[[SideRun], None] | None = None,
     ) -> None:
         self.service = service
         self.debounce = debounce
         self.decide = decide
         self.on_outcome = on_outcome
+        self.on_start = on_start
         self.outcomes: list[SideOutcome] = []
+        self.observations = 0
+        """How many looks at a chat finished (tests wait on it instead of sleeping)."""
+        self.seen: dict[str, int] = {}
+        """The message count of each chat at its last look."""
         self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     @classmethod
@@ -66,6 +74,7 @@ class IntervalTrigger:
         """The interval templates whose threshold ``chat_id`` has reached."""
         ref = self.service.find_chat(chat_id)
         chat = self.service.read_chat(ref)
+        self.seen[chat_id] = len(chat.messages)
         found = []
         for template in self.templates():
             last = self.service.baseline(chat, template)
@@ -79,6 +88,7 @@ class IntervalTrigger:
             due = await asyncio.to_thread(self.due, chat_id)
         except FAILURES as err:
             log.info("Side prompts: cannot check %s: %s", chat_id, err)
+            self.observations += 1
             return 0
         scheduled = 0
         for template in due:
@@ -87,6 +97,7 @@ class IntervalTrigger:
                 continue
             self._pending[key] = asyncio.create_task(self._fire(chat_id, template.name, key))
             scheduled += 1
+        self.observations += 1
         return scheduled
 
     async def _fire(self, chat_id: str, name: str, key: tuple[str, str]) -> None:
@@ -101,6 +112,8 @@ class IntervalTrigger:
             except FAILURES as err:
                 outcome = SideOutcome(name, chat_id, "failed", message=str(err))
             else:
+                if self.on_start is not None:
+                    self.on_start(run)
                 outcome = await self.service.execute(run, self.decide, advance_on_cancel=True)
             self.outcomes.append(outcome)
             if self.on_outcome is not None:

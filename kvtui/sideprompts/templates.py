@@ -3,10 +3,10 @@
 A template names a tracker (its lorebook entry is titled ``Name (kvtui SidePrompt)``), holds the
 instruction text and optional response-format guidance (text, not a schema), its triggers
 (after each memory, every N visible messages, manual runs), how many earlier memories it reads
-(0-7), an optional server override and the lorebook settings of the entry it creates. The
-library is :class:`kvtui.memory.library.TemplateLibrary` (``sideprompts/templates.json`` in
-kvtui's state directory): create, edit, duplicate, delete, additive import/export, and
-"recreate built-ins" that leaves user templates alone.
+(0-7), an optional server (and model) override and the lorebook settings of the entry it
+creates. The library is :class:`kvtui.memory.library.TemplateLibrary`
+(``sideprompts/templates.json`` in kvtui's state directory): create, edit, duplicate, delete,
+additive import/export, and "recreate built-ins" that leaves user templates alone.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kvtui.memory.library import TemplateLibrary
 from kvtui.memory.lorebook import EntrySettings
@@ -90,6 +90,8 @@ class SidePrompt(BaseModel):
     previous_memories: int = Field(default=0, ge=0, le=7)
     server_url: str | None = None
     """Another llama-server for this template's jobs (unset: the memory job settings)."""
+    model: str | None = None
+    """The model to ask that server for (a router llama-server picks it by name)."""
     api_key: str | None = None
     n_predict: int | None = Field(default=None, ge=16, le=32768)
     """Longest reply (unset: memory_n_predict)."""
@@ -105,6 +107,17 @@ class SidePrompt(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError("server_url must start with http:// or https://")
         return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        return (value.strip() or None) if value is not None else None
+
+    @model_validator(mode="after")
+    def _model_needs_server(self) -> SidePrompt:
+        if self.model is not None and self.server_url is None:
+            raise ValueError("model names a model on another server: set server_url too")
+        return self
 
     @property
     def title(self) -> str:

@@ -48,6 +48,28 @@ class IndexedChat:
     avatars: tuple[str, ...]
     """The characters it belongs to: a 1:1 chat's avatar, or a group's members."""
     mtime: float = 0.0
+    rewritten: bool | None = None
+    """The file's last change (as the index saw it) rewrote a message before the newest one or
+    removed messages: an edit or delete, not a reply or swipe. None when read for the first time."""
+
+
+def grew(old: tuple[RecentMessage, ...], new: tuple[RecentMessage, ...], window: int) -> bool:
+    """``new`` is ``old`` with messages added, or its newest reply changed (a swipe, a continue):
+    nothing before it was edited or deleted. Both are a chat's latest ``window`` messages."""
+    if not old:
+        return True
+    for shift in range(max(len(old) - 1, 1)):
+        # The window moves on only when it was full and stays full (messages were added), and
+        # at least one message before the newest must still line up.
+        if shift and not len(old) == len(new) == window:
+            break
+        kept = old[shift:]
+        if len(new) < len(kept) or new[: len(kept) - 1] != kept[:-1]:
+            continue
+        last, now = kept[-1], new[len(kept) - 1]
+        if last == now or (not last.is_user and (now.name, now.is_user) == (last.name, False)):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -168,6 +190,7 @@ class ChatIndex:
                 self._drop(key)
                 continue
             avatars = (ref.avatar,) if ref.avatar else by_chat[ref.chat_id].members
+            rewritten = known[1].rewritten if known is not None else None
             if known is not None and known[0] == stamp:
                 recent = known[1].recent  # only the groups or names changed
             else:
@@ -177,8 +200,11 @@ class ChatIndex:
                     log.warning("Cannot read chat %s: %s", path, err)
                     self._drop(key)
                     continue
+                if known is not None:
+                    rewritten = not grew(known[1].recent, recent, self.recent)
             self._drop(key)
-            self._add(key, stamp, IndexedChat(ref, recent, tuple(avatars), stamp[0] / 1e9))
+            entry = IndexedChat(ref, recent, tuple(avatars), stamp[0] / 1e9, rewritten)
+            self._add(key, stamp, entry)
         self._state = state
 
     def _ref(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from kvtui.slots.book import (
-    BOOK_VERSION,
+from kvtui.slots.book import BOOK_VERSION, SlotBook
+from kvtui.slots.records import (
     Allocation,
     AllSlotsProtected,
     GenType,
-    SlotBook,
     SlotBookError,
     SlotRecord,
     UnknownSlot,

@@ -3,7 +3,8 @@
 Pure bookkeeping (no network): allocation as in the seed's "Алгоритм выделения слотов" (already
 resident → free slot → evict the least-used, never a protected slot), usage counting per
 generation type as in its "Счетчик использования", per-character message counters for autosave,
-and atomic persistence so the book survives a restart of kvtui.
+and atomic persistence so the book survives a restart of kvtui. The records, allocations and
+errors it hands out are in :mod:`kvtui.slots.records` (``kvtui.slots`` exports them all).
 
 Decisions the seed leaves open:
 
@@ -22,87 +23,24 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeGuard
 
 from kvtui.atomic import write_atomic
-from kvtui.errors import KvtuiError
+from kvtui.llama.checks import slot_problem, slot_sentence
+from kvtui.slots.records import (
+    Allocation,
+    AllSlotsProtected,
+    GenType,
+    SlotRecord,
+    UnknownSlot,
+)
 
 log = logging.getLogger(__name__)
 
 BOOK_VERSION = 1
-
-
-class GenType(StrEnum):
-    """SillyTavern's generation types (``Generate(type)``; ``normal`` when undefined)."""
-
-    NORMAL = "normal"
-    REGENERATE = "regenerate"
-    SWIPE = "swipe"
-    CONTINUE = "continue"
-    QUIET = "quiet"
-    IMPERSONATE = "impersonate"
-
-
-class SlotBookError(KvtuiError):
-    """A request the book cannot satisfy."""
-
-
-class UnknownSlot(SlotBookError, IndexError):
-    """A slot id outside ``0 <= slot < n_slots``."""
-
-
-class AllSlotsProtected(SlotBookError):
-    """Every slot is protected (or there are none): nothing may be evicted."""
-
-
-@dataclass(frozen=True)
-class SlotRecord:
-    """One slot as kvtui knows it. Immutable: the book replaces records, callers keep copies."""
-
-    slot: int
-    chat: str | None = None
-    character: str | None = None
-    usage: int = 0
-    messages_since_save: int = 0
-    tokens: int | None = None
-    last_save_at: datetime | None = None
-    last_save_file: str | None = None
-    loaded_from: str | None = None
-    autoload_done: bool = False
-    last_used: int = 0  # logical clock value of the last touch (eviction tie-break)
-
-    @property
-    def occupied(self) -> bool:
-        return self.character is not None
-
-
-@dataclass(frozen=True)
-class Allocation:
-    """Where a character goes. ``evicted`` is the record that was there (if it was taken over)."""
-
-    slot: int
-    resident: bool
-    evicted: SlotRecord | None = None
-
-    @classmethod
-    def replacing(cls, record: SlotRecord) -> Allocation:
-        """Someone takes ``record``'s slot by hand (an assign, a load into a chosen slot)."""
-        return cls(slot=record.slot, resident=False, evicted=record if record.occupied else None)
-
-    @property
-    def save_first(self) -> bool:
-        """The seed's rule: save the evicted character first when it was used at least once."""
-        evicted = self.evicted
-        return (
-            evicted is not None
-            and evicted.usage >= 1
-            and evicted.chat is not None
-            and evicted.character is not None
-        )
 
 
 class SlotBook:
@@ -356,8 +294,9 @@ class SlotBook:
     # -- internals -----------------------------------------------------------------------
 
     def _check(self, slot: int) -> None:
-        if not 0 <= slot < self.n_slots:
-            raise UnknownSlot(f"Slot {slot} does not exist (the book has {self.n_slots}).")
+        problem = slot_problem(slot, self.n_slots)  # the book has as many slots as the server
+        if problem is not None:
+            raise UnknownSlot(slot_sentence(problem))
 
     def _tick(self) -> int:
         self._clock += 1
@@ -387,8 +326,9 @@ def _record_from_dict(item: object, n_slots: int) -> SlotRecord:
     if not isinstance(item, dict):
         raise ValueError("slot entry is not an object")
     slot = item.get("slot")
-    if not _is_int(slot) or not 0 <= slot < n_slots:
-        raise ValueError(f"slot entry has a bad slot id: {slot!r}")
+    problem = slot_problem(slot, n_slots)
+    if problem is not None or not _is_int(slot):
+        raise ValueError(f"slot book entry: {problem}")
     chat, character = _opt(item, "chat", str), _opt(item, "character", str)
     if (chat is None) != (character is None) or chat == "" or character == "":
         raise ValueError(f"slot {slot} has a chat without a character (or the reverse)")

@@ -2,25 +2,36 @@
 
 ``make_app`` is the one factory the CLI, the demo and the tests use. The App owns the
 ``KvService`` and closes it when it unmounts; screens receive it and never create their own.
+
+Its background loops (the save-directory watcher, the chat-switch watcher, the side prompts'
+interval trigger) are Textual workers in the ``watchers`` group: Textual cancels them when the
+app exits, and a failure is reported like any worker's (the event log; a bug also opens the
+traceback modal). The group is not ``exclusive``: the watchers run side by side, and starting
+one must not cancel another.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from pathlib import Path
 
 from textual.app import App, SystemCommand
 from textual.screen import Screen
+from textual.worker import Worker, WorkerError, WorkerState
 
 from kvtui.events import Kind
 from kvtui.proxy.run import ProxyServer, ProxyStartError
 from kvtui.service import KvService
 from kvtui.settings import Settings
 from kvtui.statelock import StateLock
+from kvtui.tui.errors import EXPECTED_ERRORS, report_worker_error
 from kvtui.tui.screens.dashboard import DashboardScreen
+
+WATCHERS = "watchers"
+"""The worker group of the app's background loops."""
 
 
 class KvtuiApp(App[int]):
@@ -49,8 +60,6 @@ class KvtuiApp(App[int]):
         """Set in ``kvtui demo``: the demo server's slot count (adds the demo's keys)."""
         self.proxy: ProxyServer | None = None
         self._automatic_stop = asyncio.Event()
-        self._watch_task: asyncio.Task[None] | None = None
-        self._saves_task: asyncio.Task[None] | None = None
 
     def get_default_screen(self) -> Screen[None]:
         if self.demo_slots is not None:
@@ -61,9 +70,7 @@ class KvtuiApp(App[int]):
 
     async def on_mount(self) -> None:
         self.set_keymap(self.settings.keymap)
-        self._saves_task = asyncio.create_task(
-            self.service.watch_saves(self._automatic_stop), name="kvtui-save-watcher"
-        )
+        self._watch(self.service.watch_saves, "kvtui-save-watcher", "The save-directory watcher")
         if self.automatic:
             await self.start_automatic()
 
@@ -85,21 +92,61 @@ class KvtuiApp(App[int]):
             f"Proxy listening on {proxy.url}: set SillyTavern's llama.cpp API URL to it.",
         )
         if self.service.follows_chats:
-            self._watch_task = asyncio.create_task(self._watch(), name="kvtui-chat-watcher")
+            self._watch(self.service.follow_chats, "kvtui-chat-watcher", "The chat-switch watcher")
+        self._start_sideprompts()
 
-    async def _watch(self) -> None:
-        try:
-            await self.service.follow_chats(self._automatic_stop)
-        except Exception as err:  # reported, never a crash of the dashboard
-            self.service.events.error(Kind.ERROR, f"The chat-switch watcher stopped: {err!r}")
+    def _start_sideprompts(self) -> None:
+        """The side prompts' interval trigger on the live chat, as a watcher of this app."""
+        from kvtui.sideprompts.follow import LiveSidePrompts, follows_live_chat
+
+        if follows_live_chat(self.service):
+            live = LiveSidePrompts(self.service)
+            self._watch(live.run, "kvtui-sideprompts", "The side-prompt follower")
+
+    def _watch(
+        self, loop: Callable[[asyncio.Event], Awaitable[None]], name: str, description: str
+    ) -> Worker[None]:
+        """Run ``loop`` until the stop event as a worker of the ``watchers`` group."""
+        return self.run_worker(
+            loop(self._automatic_stop),
+            name=name,
+            group=WATCHERS,
+            description=description,
+            exit_on_error=False,  # reported, never a crash of the dashboard
+        )
+
+    @property
+    def watchers(self) -> list[Worker[object]]:
+        """The app's background loops still running (Textual forgets finished workers)."""
+        return [w for w in self.workers if w.node is self and w.group == WATCHERS]
+
+    async def wait_for_jobs(self) -> None:
+        """Wait until every worker but the watchers (which run until exit) has finished."""
+        jobs = [w for w in self.workers if w.group != WATCHERS]
+        if jobs:  # (an empty list would mean every worker, the watchers too)
+            await self.workers.wait_for_complete(jobs)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A watcher that failed: into the event log; a bug also shows its traceback."""
+        worker = event.worker
+        if event.state is not WorkerState.ERROR or worker.node is not self:
+            return
+        if worker.group != WATCHERS:  # (finished workers have left self.workers already)
+            return
+        error = worker.error
+        if isinstance(error, EXPECTED_ERRORS):
+            self.service.events.error(Kind.ERROR, f"{worker.description} stopped: {error}")
+        else:
+            self.service.events.error(Kind.ERROR, f"{worker.description} stopped: {error!r}")
+            report_worker_error(self.app, worker)
 
     async def stop_automatic(self) -> None:
+        """Stop the watchers (given 3 s to finish, then cancelled) and the proxy."""
         self._automatic_stop.set()
-        for task in (self._watch_task, self._saves_task):
-            if task is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(task, timeout=3)
-        self._watch_task = self._saves_task = None
+        for worker in self.watchers:
+            with contextlib.suppress(WorkerError, TimeoutError):
+                await asyncio.wait_for(worker.wait(), timeout=3)
+        self.workers.cancel_group(self, WATCHERS)
         if self.proxy is not None:
             await self.proxy.stop()
             self.proxy = None

@@ -116,11 +116,13 @@ def slot_hit(warmth: SlotWarmth | None) -> Text:
     if not warmth.reason or not warmth.lost_tokens:
         return Text(share)
     word = REASON_WORDS.get(warmth.reason, warmth.reason)
+    if warmth.reason == "older_save" and warmth.behind_messages is not None:
+        word += f" ({warmth.behind_messages} msg{'' if warmth.behind_messages == 1 else 's'})"
     return Text.assemble(share, " ", (word, "bold"))
 
 
 def session_line(summary: SessionSummary | None) -> str:
-    """The session in one line: hit ratio, tokens (and time) saved, the top loss."""
+    """The session in one line: hit ratio, tokens (and time) saved, the top two losses."""
     if summary is None or not summary.turns:
         return "session: no turns yet"
     parts = [f"session: {summary.turns} turns", f"{summary.hit_ratio:.0%} cached"]
@@ -129,8 +131,9 @@ def session_line(summary: SessionSummary | None) -> str:
         saved += f" (~{summary.seconds_saved:.0f} s)"
     parts.append(saved)
     if summary.by_reason:
-        top = max(summary.by_reason, key=lambda r: r.tokens)
-        parts.append(f"top loss: {REASON_WORDS.get(top.reason, top.reason)} {top.tokens:,}")
+        top = sorted(summary.by_reason, key=lambda r: -r.tokens)[:2]
+        lost = ", ".join(f"{REASON_WORDS.get(r.reason, r.reason)} {r.tokens:,}" for r in top)
+        parts.append(f"lost: {lost}")
     return " · ".join(parts)
 
 

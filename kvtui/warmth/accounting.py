@@ -21,6 +21,7 @@ lost). The server always evaluates at least one token, so the ideal reuse is at 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -55,6 +56,26 @@ def common_prefix(a: str, b: str, block: int = 4096) -> int:
         else:
             high = mid - 1
     return low
+
+
+_MESSAGE_START = re.compile(r"\n(?=[^\n:]{1,48}:)")
+"""A text prompt's message starts: a line that begins with a speaker's name and a colon."""
+_RECORD = "\x1e"  # a message start in kvtui.fingerprint.canonical_text of Chat Completion
+
+
+def messages_between(text: str, start: int, end: int) -> int:
+    """Messages of the chat ``text`` that begin in ``text[start:end]``.
+
+    Chat Completion prompts (canonical text) mark each message; in a text prompt a message
+    begins on a new line with ``Name:`` (SillyTavern's format), so a save whose prompt ended at
+    ``start`` ("…\nKael:") and a cache that held up to ``end`` are that many messages apart.
+    """
+    start, end = max(0, start), min(len(text), end)
+    if end <= start:
+        return 0
+    if _RECORD in text:
+        return text.count(_RECORD, start, end)
+    return sum(1 for _ in _MESSAGE_START.finditer(text, start, end))
 
 
 @dataclass(frozen=True)

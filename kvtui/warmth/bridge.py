@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvtui.service.outcomes import RouteDecision
 from kvtui.store import SaveStore
 from kvtui.warmth.ledger import TurnTicket, WarmthLedger
 from kvtui.warmth.model import TurnDecision
+
+if TYPE_CHECKING:
+    from kvtui.service import KvService
 
 
 def begin_routed(
@@ -90,6 +95,26 @@ def begin_routed(
         ram_cache_relied=ram_cache_relied,
     )
     return ledger.begin(d)
+
+
+def saved_prompt_chars(store: SaveStore | None, filename: str) -> int | None:
+    """Length in characters of the prompt a save holds (its sidecar's fingerprint), or ``None``.
+    Blocking: the ledger calls it in a worker thread, only for a restore that lost tokens."""
+    if store is None:
+        return None
+    try:
+        meta = store.read_meta(Path(filename).name)
+    except (OSError, ValueError):
+        return None
+    if meta is None or not isinstance(meta.fingerprint, dict):
+        return None
+    length = meta.fingerprint.get("length")
+    return length if isinstance(length, int) and length >= 0 else None
+
+
+def saved_chars_reader(service: KvService) -> Callable[[str], int | None]:
+    """:func:`saved_prompt_chars` on the service's save directory, for the ledger."""
+    return lambda filename: saved_prompt_chars(service.store, filename)
 
 
 def bytes_per_token(store: SaveStore | None, default: float = 528.0) -> float:

@@ -15,9 +15,9 @@ from typing import Any
 
 from kvtui.settings import Settings
 from kvtui.warmth.log import TurnLog, turns_path
-from kvtui.warmth.model import SessionSummary, TurnRecord
+from kvtui.warmth.model import SessionSummary, TurnRecord, reason_text
 from kvtui.warmth.policy import WarmthPolicy
-from kvtui.warmth.summary import slot_warmth, summarize
+from kvtui.warmth.summary import recall_totals, slot_warmth, summarize
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 _SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -102,6 +102,7 @@ def run_stats(args: argparse.Namespace, settings: Settings) -> int:
             "summary": summary.to_json(),
             "slots": [vars_of(s) for s in slot_warmth(records)],
         }
+        data["recall"] = recall_totals(records)
         if getattr(args, "turns", False):
             data["turns"] = [r.to_json() for r in records]
         print(json.dumps(data, ensure_ascii=False, indent=2))
@@ -113,16 +114,19 @@ def run_stats(args: argparse.Namespace, settings: Settings) -> int:
         )
         return EXIT_OK
     print(render(summary))
+    recall = recall_totals(records)
+    if recall is not None:
+        print(render_recall(recall))
     for s in slot_warmth(records):
         print(f"  slot {s.slot}: {s.character} ({s.chat}) {s.label}")
     if getattr(args, "turns", False):
         print()
         for r in records:
-            why = f" {r.reason}" if r.reason else ""
+            why = f" {reason_text(r.reason, r.behind_messages)}" if r.reason else ""
             print(
                 f"  {r.ts[:19]} slot {r.slot} {r.character}: {r.gen_type} "
                 f"{r.cache_n:,}/{r.total:,} cached, new {r.new_tokens:,}, "
-                f"lost {r.lost_tokens:,}{why}"
+                f"lost {r.lost_tokens:,}{why}{_recall_of(r)}"
             )
     return EXIT_OK
 
@@ -151,5 +155,28 @@ def render(s: SessionSummary) -> str:
     if s.by_reason:
         lines.append("lost tokens by reason:")
         for r in s.by_reason:
-            lines.append(f"  {r.reason:<22} {r.tokens:>9,} tokens in {r.turns} turns")
+            behind = (
+                f" ({r.messages_behind:,} messages behind in all)"
+                if r.messages_behind is not None
+                else ""
+            )
+            lines.append(f"  {r.reason:<22} {r.tokens:>9,} tokens in {r.turns} turns{behind}")
     return "\n".join(lines)
+
+
+def render_recall(t: dict[str, Any]) -> str:
+    decided = ", ".join(f"{n} {d}" for d, n in t["by_decision"].items())
+    return (
+        f"recall: {t['turns']} turns ({decided}); {t['injected_tokens']:,} tokens injected, "
+        f"cost {t['cost_tokens']:,} tokens prefilled ({t['lost_tokens']:,} of them cached "
+        "prefix lost)"
+    )
+
+
+def _recall_of(r: TurnRecord) -> str:
+    e = r.recall
+    if e is None:
+        return ""
+    what = e.get("decision") or e.get("macro")
+    tokens, cost = int(e.get("tokens") or 0), int(e.get("cost_tokens") or 0)
+    return f"; recall {what} {tokens:,} tok, cost {cost:,}"

@@ -19,16 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kvtui.warmth.accounting import common_prefix, split_turn
+from kvtui.warmth.accounting import common_prefix, messages_between, split_turn
 from kvtui.warmth.log import TurnLog, turns_path
 from kvtui.warmth.model import (
     UNSURE_SOURCES,
+    Reason,
     SessionSummary,
     SlotWarmth,
     TurnDecision,
@@ -36,6 +37,7 @@ from kvtui.warmth.model import (
 )
 from kvtui.warmth.policy import RamCacheModel, WarmthPolicy
 from kvtui.warmth.ramcache import RamCacheInfo
+from kvtui.warmth.recallcost import recall_cost
 from kvtui.warmth.summary import slot_warmth, summarize
 
 Tokenize = Callable[[str], Awaitable[list[int]]]
@@ -64,6 +66,10 @@ class TurnTicket:
     previous: _Prior | None
     candidates: tuple[_Prior, ...]  # an unsure identity's possible earlier selves
     begun: datetime = field(default_factory=lambda: datetime.now(UTC))
+    recall: Mapping[str, Any] | None = None
+    """Recall's telemetry (``kvtui.recall.telemetry.turn_entry``), booked in the record with
+    its cost: ``span`` / ``previous_span`` (characters of the injection in this prompt and the
+    previous one) become ``position``, ``tokens``, ``lost_tokens`` and ``cost_tokens``."""
 
 
 class WarmthLedger:
@@ -71,7 +77,9 @@ class WarmthLedger:
 
     ``tokenize`` is ``LlamaClient.tokenize``-like (text → token ids, BOS included when
     ``add_special``); without it early-change positions are estimated from character counts.
-    ``state_dir=None`` keeps records in memory only.
+    ``state_dir=None`` keeps records in memory only. ``saved_chars`` gives the length of the
+    prompt a save file holds (blocking; run in a worker thread), so a loss to an older save
+    says how many messages behind it was.
     """
 
     def __init__(
@@ -83,6 +91,7 @@ class WarmthLedger:
         ring: int = 1000,
         max_lines: int | None = None,
         on_error: Callable[[str], None] | None = None,
+        saved_chars: Callable[[str], int | None] | None = None,
     ) -> None:
         self.log = (
             TurnLog(turns_path(state_dir), **({"max_lines": max_lines} if max_lines else {}))
@@ -91,6 +100,7 @@ class WarmthLedger:
         )
         self.policy = policy or WarmthPolicy()
         self._tokenize = tokenize
+        self._saved_chars = saved_chars
         self._on_error = on_error
         self._ring: deque[TurnRecord] = deque(maxlen=max(1, ring))
         self._session: deque[TurnRecord] = deque(maxlen=_SESSION)
@@ -215,6 +225,14 @@ class WarmthLedger:
 
     # -- what the dashboard reads -----------------------------------------------------------
 
+    def load(self, records: Iterable[TurnRecord], *, session: bool = False) -> None:
+        """Take records read back from ``turns.jsonl`` (each slot's last turn after a restart
+        of kvtui); with ``session`` they count in this session's totals too."""
+        for record in records:
+            self._ring.append(record)
+            if session:
+                self._session.append(record)
+
     def records(self) -> tuple[TurnRecord, ...]:
         return tuple(self._ring)
 
@@ -275,13 +293,18 @@ class WarmthLedger:
             except Exception as err:  # accounting must never disturb the proxy
                 self._error(f"Could not account for a turn of {ticket.decision.character}: {err!r}")
                 return
-            self._ring.append(record)
-            self._session.append(record)
-            if self.log is not None:
-                try:
-                    await asyncio.to_thread(self.log.append, [record])
-                except OSError as err:
-                    self._error(f"Could not write {self.log.path}: {err}")
+            await self._keep(record)
+
+    async def _keep(self, record: TurnRecord) -> None:
+        """The one place a record is kept: in memory for the dashboard, then appended to
+        ``turns.jsonl`` in a worker thread."""
+        self._ring.append(record)
+        self._session.append(record)
+        if self.log is not None:
+            try:
+                await asyncio.to_thread(self.log.append, [record])
+            except OSError as err:
+                self._error(f"Could not write {self.log.path}: {err}")
 
     async def _record(
         self, ticket: TurnTicket, timings: dict[str, Any], written: int, written_tokens: int
@@ -307,6 +330,9 @@ class WarmthLedger:
             extra = predicted if isinstance(predicted, int) else 0
             ticket.current.extent = prompt_n + cache_n + extra
         prompt_ms = timings.get("prompt_ms")
+        behind = None
+        if split.losses.get(Reason.OLDER_SAVE.value) and previous is not None:
+            behind = await self._behind(d, previous.prompt, split.first_diff, prompt_n + cache_n)
         return TurnRecord(
             ts=ticket.begun.isoformat(),
             chat=d.chat,
@@ -332,7 +358,29 @@ class WarmthLedger:
             disk_write_tokens=d.disk_write_tokens + written_tokens,
             estimated=split.estimated,
             known_extent=d.known_extent,
+            behind_messages=behind,
+            recall=await recall_cost(
+                ticket.recall, split, d.prompt, prompt_n + cache_n, self._tokenize
+            ),
         )
+
+    async def _behind(
+        self, d: TurnDecision, previous: str, first_diff: int | None, total: int
+    ) -> int | None:
+        """Messages between the end of the restored save's prompt and what the cache held."""
+        prompt = d.prompt
+        if prompt is None or d.restored is None:
+            return None
+        chars: int | None = None
+        if self._saved_chars is not None:
+            with contextlib.suppress(Exception):
+                chars = await asyncio.to_thread(self._saved_chars, d.restored)
+        if chars is None and d.restored_tokens is not None and total:
+            chars = round(len(prompt) * d.restored_tokens / total)  # estimated from its tokens
+        if chars is None:
+            return None
+        end = first_diff if first_diff is not None else len(previous)
+        return messages_between(prompt, chars, min(end, len(previous)))
 
     def _error(self, message: str) -> None:
         if self._on_error is not None:

@@ -98,6 +98,9 @@ class TurnRecord:
     disk_write_tokens: int = 0
     estimated: bool = False
     known_extent: int | None = None
+    behind_messages: int | None = None
+    """For a loss to an older save: how many messages of the chat the save lacked."""
+    recall: dict[str, Any] | None = None  # recall's injection and its cost (kvtui.recall)
 
     @property
     def total(self) -> int:
@@ -144,6 +147,8 @@ class TurnRecord:
                 disk_write_tokens=int(data.get("disk_write_tokens") or 0),
                 estimated=bool(data.get("estimated", False)),
                 known_extent=_opt_int(data.get("known_extent")),
+                behind_messages=_opt_int(data.get("behind_messages")),
+                recall=dict(data["recall"]) if isinstance(data.get("recall"), Mapping) else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
@@ -161,20 +166,33 @@ class SlotWarmth:
     lost_tokens: int
     reason: str | None
     at: str
+    behind_messages: int | None = None
 
     @property
     def label(self) -> str:
         """E.g. ``1,820/1,844 cached`` or ``12/1,844 cached · server_restart``."""
         text = f"{self.cached:,}/{self.prompt:,} cached"
-        return f"{text} · {self.reason}" if self.reason else text
+        return f"{text} · {reason_text(self.reason, self.behind_messages)}" if self.reason else text
+
+
+def reason_text(reason: str, behind_messages: int | None = None) -> str:
+    """A reason as ``kvtui stats`` prints it: ``older_save (3 messages behind)``."""
+    if reason == Reason.OLDER_SAVE.value and behind_messages is not None:
+        plural = "" if behind_messages == 1 else "s"
+        return f"{reason} ({behind_messages} message{plural} behind)"
+    return reason
 
 
 @dataclass(frozen=True)
 class ReasonTotal:
+    """One reason's losses over a session; for ``older_save`` also the messages the restored
+    saves lacked, summed over its turns (``None`` when no turn could tell)."""
+
     reason: str
     tokens: int
     turns: int
     seconds: float | None
+    messages_behind: int | None = None
 
 
 @dataclass(frozen=True)

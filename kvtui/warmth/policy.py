@@ -14,10 +14,12 @@ The RAM-cache-aware policy (two settings, both off by default; names as the sett
   the server's first-in-first-out cache — says the character's state is still held and is at
   least as long as the save. After a server restart or a chat switch's erase memory holds
   nothing, so the save is restored as before.
-- ``save_only_when_protective``: a save (before an eviction, or an autosave) is taken only when
-  it protects something: the tokens not yet on disk, re-prefilled at the server's measured speed,
-  cost more than ``save_cost_ratio`` times the time to write the whole state (bytes per token
-  over ``disk_mb_per_second``). Nothing new since the last save: no save.
+- ``save_when_protective``: a save is taken exactly when it protects something: the tokens
+  not yet on disk, re-prefilled at the server's measured speed, would cost more than
+  ``save_cost_ratio`` times the time to write the whole state (bytes per token over
+  ``disk_mb_per_second``). That is after any message (not only every N) when saves are cheap
+  next to prefill, as on a CPU; before an eviction only when something is unsaved; never when
+  the latest save already holds everything. A restart then costs at most the last reply.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class WarmthPolicy:
     """The policy settings, read from :class:`kvtui.settings.Settings` when it has them."""
 
     skip_restore_when_ram_cached: bool = False
-    save_only_when_protective: bool = False
+    save_when_protective: bool = False
     save_cost_ratio: float = 1.0
     disk_mb_per_second: float = 1000.0
     real_model_bytes_per_token: int = 163_840
@@ -105,21 +107,26 @@ def should_save(
     """Save now? ``tokens`` are in the slot, ``saved_tokens`` of them are in its latest save.
 
     The seed's rule: save an evicted character used at least once, and autosave when due.
+    ``save_when_protective`` replaces it by the cost rule of the module docstring.
     """
     seed = (evicting and usage >= 1) or autosave_due
-    if not policy.save_only_when_protective or not seed:
+    if not policy.save_when_protective:
         return Choice(seed, "the seed's rule" if seed else "not used, not due")
+    if usage < 1:
+        return Choice(False, "never used: nothing of its own to keep")
     unsaved = max(0, tokens - saved_tokens)
     if unsaved == 0:
         return Choice(False, "its latest save already holds everything")
     if not prefill_tokens_per_second or prefill_tokens_per_second <= 0 or bytes_per_token <= 0:
-        return Choice(True, "prefill speed unknown: saved to be safe")
+        return Choice(seed, "prefill speed unknown: the seed's rule")
     prefill_s = unsaved / prefill_tokens_per_second
     write_s = tokens * bytes_per_token / (policy.disk_mb_per_second * 1e6)
     if prefill_s > policy.save_cost_ratio * write_s:
         return Choice(True, f"protects {unsaved} tokens ({prefill_s:.2f} s of prefill)")
     return Choice(
-        False, f"{unsaved} unsaved tokens re-prefill in {prefill_s:.2f} s, less than the write"
+        False,
+        f"{unsaved} unsaved tokens re-prefill in {prefill_s:.2f} s, less than the "
+        f"{write_s:.2f} s write",
     )
 
 

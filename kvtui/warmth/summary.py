@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-from kvtui.warmth.model import ReasonTotal, SessionSummary, SlotWarmth, TurnRecord
+from kvtui.warmth.model import Reason, ReasonTotal, SessionSummary, SlotWarmth, TurnRecord
 
 SPEED_MIN_TOKENS = 32
 
@@ -37,12 +38,17 @@ def summarize(
     speed = prefill_speed(records)
     tokens: Counter[str] = Counter()
     turns: Counter[str] = Counter()
+    behind: Counter[str] = Counter()
     for r in records:
         for reason, lost in r.losses.items():
             tokens[reason] += lost
             turns[reason] += 1
+            if reason == Reason.OLDER_SAVE.value and r.behind_messages is not None:
+                behind[reason] += r.behind_messages
     by_reason = tuple(
-        ReasonTotal(reason, n, turns[reason], n / speed if speed else None)
+        ReasonTotal(
+            reason, n, turns[reason], n / speed if speed else None, behind.get(reason, None)
+        )
         for reason, n in sorted(tokens.items(), key=lambda kv: (-kv[1], kv[0]))
     )
     prefilled = sum(r.prompt_n for r in records)
@@ -90,6 +96,27 @@ def slot_warmth(records: Iterable[TurnRecord]) -> tuple[SlotWarmth, ...]:
             lost_tokens=r.lost_tokens,
             reason=r.reason,
             at=r.ts,
+            behind_messages=r.behind_messages,
         )
         for s, r in sorted(last.items())
     )
+
+
+def recall_totals(records: Iterable[TurnRecord]) -> dict[str, Any] | None:
+    """What memory recall did over ``records`` (``None`` when no turn had a recall macro):
+    turns by decision, tokens injected, cached-prefix tokens lost to it and its whole cost."""
+    entries = [r.recall for r in records if r.recall is not None]
+    if not entries:
+        return None
+    decisions = Counter(str(e.get("decision") or e.get("macro")) for e in entries)
+
+    def total(name: str) -> int:
+        return sum(int(e.get(name) or 0) for e in entries)
+
+    return {
+        "turns": len(entries),
+        "by_decision": dict(sorted(decisions.items())),
+        "injected_tokens": total("tokens"),
+        "lost_tokens": total("lost_tokens"),
+        "cost_tokens": total("cost_tokens"),
+    }

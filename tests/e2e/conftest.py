@@ -9,8 +9,12 @@ skips it.
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 
 import pytest
+
+from tests.e2e.runner import Run, run_variant
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,3 +31,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("e2e") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", params=["plain", "extension"])
+def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    """The session through kvtui, without ("plain") and with its companion extension."""
+    variant = str(request.param)
+    workdir = tmp_path_factory.mktemp(f"st-e2e-{variant}")
+    yield run_variant(variant, workdir)
+    shutil.rmtree(workdir / "profile", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    """The same session with SillyTavern pointed at llama-server alone (no kvtui)."""
+    workdir = tmp_path_factory.mktemp("st-e2e-direct")
+    yield run_variant("direct", workdir)
+    shutil.rmtree(workdir / "profile", ignore_errors=True)

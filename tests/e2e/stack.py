@@ -24,6 +24,7 @@ from typing import Any
 
 from kvtui.embedded.server import EmbeddedServer, free_port
 from kvtui.sillytavern import sample
+from tests.e2e.parity import Mark, prefill_by_phase, prompt_tokens_total
 from tests.e2e.tap import Tap
 
 ST_VERSION = "1.19.0"
@@ -102,6 +103,12 @@ def _old_solo_chat(user_dir: Path) -> None:
     os.utime(path, (old, old))
 
 
+#: The sampling seed SillyTavern sends (Text and Chat Completion): the same prompt gets the same
+#: reply in every run, so a run through kvtui and one straight to llama-server see the same
+#: prompts and their prefilled tokens compare one to one.
+SEED = 1234
+
+
 def st_settings(root: Path, api_url: str, *, max_tokens: int = 16) -> dict[str, Any]:
     """SillyTavern's own default settings.json with the APIs pointed at ``api_url``."""
     settings: dict[str, Any] = json.loads(
@@ -119,6 +126,7 @@ def st_settings(root: Path, api_url: str, *, max_tokens: int = 16) -> dict[str, 
     tg = settings["textgenerationwebui_settings"]
     tg["type"] = "llamacpp"
     tg["streaming"] = True
+    tg["seed"] = SEED
     tg.setdefault("server_urls", {})["llamacpp"] = api_url
     oai = settings["oai_settings"]
     oai.update(
@@ -128,6 +136,7 @@ def st_settings(root: Path, api_url: str, *, max_tokens: int = 16) -> dict[str, 
         openai_max_tokens=max_tokens,
         openai_max_context=2048,
         stream_openai=True,
+        seed=SEED,
     )
     # A group made in the UI has a tag_map entry; without one, SillyTavern 1.19 never records
     # the group as active_group (getTagKeyForEntity finds no key for it).
@@ -239,6 +248,8 @@ class Stack:
     proxy_port: int = 0
     st_port: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
+    marks: list[Mark] = field(default_factory=list)
+    server_runs: int = 0
 
     @property
     def data_root(self) -> Path:
@@ -322,16 +333,38 @@ class Stack:
             self.tap.upstream = upstream
         _wait_http(self.st_url + "/", self.st_proc, "SillyTavern", st_log, 180)
 
-    def stop(self) -> None:
-        """Stop what was started (safe after a failed start, and twice)."""
+    def stop_clients(self) -> None:
+        """Stop SillyTavern and kvtui, leaving llama-server up (safe twice)."""
         _stop(self.st_proc)
         self.st_proc = None
         _stop(self.proxy_proc)
         self.proxy_proc = None
+
+    def stop(self) -> None:
+        """Stop what was started (safe after a failed start, and twice)."""
+        self.stop_clients()
         if self.tap is not None:
             self.tap.stop()
         if self.llama is not None:
             self.llama.stop()
+
+    def mark(self, phase: str) -> None:
+        """A phase of the session begins: note llama-server's prompt-token counter."""
+        assert self.llama is not None
+        self.marks.append(Mark(phase, self.server_runs, prompt_tokens_total(self.llama.url)))
+
+    def prefill_by_phase(self) -> dict[str, int]:
+        """What llama-server prefilled per phase (``mark``), whoever sent it (kvtui too)."""
+        assert self.llama is not None
+        end = Mark("end", self.server_runs, prompt_tokens_total(self.llama.url))
+        return prefill_by_phase(self.marks, end)
+
+    def restart_llama(self) -> None:
+        """Stop llama-server and start it again on the same port (its RAM cache is gone; the
+        slot saves on disk stay), as a user restarting it mid-session would."""
+        assert self.llama is not None
+        self.llama.restart()
+        self.server_runs += 1
 
     def turns(self) -> list[dict[str, Any]]:
         """kvtui's per-turn decision log (contracts.md), oldest first; [] when absent."""

@@ -1,11 +1,12 @@
 """End to end in a real SillyTavern 1.19: every generation's chat, character, type and cache.
 
-One module-scoped run per variant ("plain": no extension, kvtui decides from evidence;
-"extension": kvtui's companion extension installed): llama-server (2 slots) ← ``kvtui proxy`` ←
-recording tap ← SillyTavern's server ← SillyTavern's page in headless Chromium, clicked through the
-scripted session of ``tests/e2e/session.py`` (Text Completion one-to-one with send, swipe,
-continue, edit + regenerate, impersonate; an existing chat opened from the list and swiped first;
-the group with a muted member; Chat Completion one-to-one and a group round).
+One run per variant (``run`` in ``tests/e2e/conftest.py``; "plain": no extension, kvtui decides
+from evidence; "extension": kvtui's companion extension installed): llama-server (2 slots) ←
+``kvtui proxy`` ← recording tap ← SillyTavern's server ← SillyTavern's page in headless Chromium,
+clicked through the scripted session of ``tests/e2e/session.py`` (Text Completion one-to-one with
+send, swipe, continue, edit + regenerate, impersonate; an existing chat opened from the list and
+swiped first; the group with a muted member, swiped first after opening; Chat Completion
+one-to-one, the group swiped first and a round; llama-server restarted, then a group round).
 
 Assertions, per generation:
 - it reached kvtui and llama-server answered (the tap);
@@ -15,154 +16,31 @@ Assertions, per generation:
   right chat, character and ``gen_type`` (and, with the extension, ``source`` extension/explicit);
 - its ``cache_n`` covers the previous prompt of the same chat and character: at least the tokens of
   the two prompts' common prefix (minus a few tokens for tokenisation at the boundary) were reused,
-  both in kvtui's log and in llama-server's own final ``timings`` seen at the tap.
+  both in kvtui's log and in llama-server's own final ``timings`` seen at the tap; after the
+  restart, what the save kvtui restored shares with the prompt (or kvtui had none and said so).
+
+And for every save kvtui wrote: restored into the real server after the session, one of its own
+chat and character's requests reuses all of it but the reply (``tests/e2e/probe.py``).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.e2e.stack import Stack, chromium_path, missing_requirements
+from tests.e2e.probe import MARGIN
+from tests.e2e.runner import SLACK_TOKENS, Gen, Run
+from tests.e2e.stack import missing_requirements
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(missing_requirements() is not None, reason=str(missing_requirements())),
 ]
 
-SLACK_TOKENS = 4  # a prefix cut mid-word can tokenise a few tokens differently
-
-
-@dataclass
-class Gen:
-    """One generation of the session: what it is, what the tap saw, what it had to reuse."""
-
-    n: int
-    seq: int  # the tap's arrival number (shared with the events)
-    expected: Any  # tests.e2e.session.Expected
-    path: str
-    status: int | None
-    body: dict[str, Any]
-    timings: dict[str, Any] | None
-    prompt: str  # Text Completion prompt, or the Chat Completion messages rendered by the server
-    previous: int | None  # the previous generation of the same chat and character
-    must_reuse: int  # tokens of the common prefix with that one's prompt (0 when none)
-
-
-@dataclass
-class Run:
-    variant: str
-    gens: list[Gen]
-    turns: list[dict[str, Any]]
-    events: list[tuple[int, dict[str, Any]]]  # (the tap's arrival number, event)
-    opens: list[str]  # the chats the session opened, in order
-    workdir: Path
-
-    def where(self) -> str:
-        return f"(logs in {self.workdir}: proxy.log, sillytavern.log, llama.log)"
-
-
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        result: dict[str, Any] = json.loads(resp.read())
-        return result
-
-
-def _common_prefix(a: str, b: str) -> str:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return a[:n]
-
-
-def _prompt_text(llama_url: str, body: dict[str, Any]) -> str:
-    if isinstance(body.get("prompt"), str):
-        return str(body["prompt"])
-    rendered = _post(llama_url + "/apply-template", {"messages": body.get("messages", [])})
-    return str(rendered["prompt"])
-
-
-def _run_session(variant: str, workdir: Path) -> Run:
-    from playwright.sync_api import sync_playwright
-
-    from tests.e2e.page import StPage, launch
-    from tests.e2e.session import run_session
-
-    chromium = chromium_path()
-    assert chromium is not None
-    stack = Stack(workdir, install_extension=variant == "extension")
-    opens: list[str] = []
-    with stack:
-        with sync_playwright() as pw:
-            context, page = launch(pw, chromium, str(workdir / "profile"))
-            try:
-                st = StPage(page, stack)
-                st.open()
-                expected = run_session(st, on_open=lambda *a: opens.append(a[3]))
-            except Exception:
-                page.screenshot(path=str(workdir / "failure.png"))
-                raise
-            finally:
-                context.close()
-        assert stack.tap is not None and stack.llama is not None
-        records = stack.tap.generations()
-        events = [
-            (r.seq, r.body)
-            for r in stack.tap.events()
-            if r.path == "/kvtui/v1/event" and isinstance(r.body, dict)
-        ]
-        gens: list[Gen] = []
-        last: dict[tuple[str, str], int] = {}
-        for n, (exp, rec) in enumerate(zip(expected, records, strict=False)):
-            body = rec.body if isinstance(rec.body, dict) else {}
-            prompt = _prompt_text(stack.llama.url, body)
-            key = (exp.chat, exp.character)
-            prev = last.get(key)
-            must = 0
-            if prev is not None:
-                prefix = _common_prefix(gens[prev].prompt, prompt)
-                if prefix:
-                    tokens = _post(stack.llama.url + "/tokenize", {"content": prefix})["tokens"]
-                    must = max(0, len(tokens) - SLACK_TOKENS)
-            last[key] = n
-            gens.append(
-                Gen(n, rec.seq, exp, rec.path, rec.status, body, rec.timings, prompt, prev, must)
-            )
-        assert len(records) == len(expected), (
-            f"{len(records)} generation requests reached kvtui for {len(expected)} generations"
-        )
-        turns = stack.turns()
-    return Run(variant, gens, turns, events, opens, workdir)
-
-
-@pytest.fixture(scope="module", params=["plain", "extension"])
-def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    variant = str(request.param)
-    workdir = tmp_path_factory.mktemp(f"st-e2e-{variant}")
-    result = _run_session(variant, workdir)
-    yield result
-    shutil.rmtree(workdir / "profile", ignore_errors=True)
-
-
-def _label(g: Gen) -> str:
-    e = g.expected
-    return f"#{g.n} {e.scenario} ({e.api}, {e.character}, {e.type})"
-
 
 def test_every_generation_reached_kvtui_and_was_answered(run: Run) -> None:
-    bad = [f"{_label(g)}: HTTP {g.status}" for g in run.gens if g.status != 200]
+    bad = [f"{g.label()}: HTTP {g.status}" for g in run.gens if g.status != 200]
     assert not bad, "\n".join(bad) + "\n" + run.where()
     for g in run.gens:
         assert g.path == ("/completion" if g.expected.api == "text" else "/v1/chat/completions")
@@ -179,11 +57,11 @@ def test_the_extension_identity_reaches_kvtui(run: Run) -> None:
         want = {"chat": e.chat, "character": e.character, "group": e.group, "type": e.type,
                 "source": "extension", "version": 1}  # fmt: skip
         if not isinstance(got, dict):
-            wrong.append(f"{_label(g)}: no kvtui object in the body")
+            wrong.append(f"{g.label()}: no kvtui object in the body")
             continue
         diff = {k: got.get(k) for k, v in want.items() if got.get(k) != v}
         if diff:
-            wrong.append(f"{_label(g)}: {diff}")
+            wrong.append(f"{g.label()}: {diff}")
         user = got.get("user_message")
         assert user is None or (isinstance(user["index"], int) and len(user["hash"]) == 64)
     assert not wrong, "\n".join(wrong)
@@ -200,7 +78,7 @@ def test_the_extension_reports_every_chat_open_before_its_requests(run: Run) -> 
     for g in run.gens:
         before = [e for seq, e in run.events if seq < g.seq and e.get("type") == "chat_opened"]
         if not before or before[-1]["chat"] != g.expected.chat:
-            late.append(f"{_label(g)}: last chat_opened {before[-1]['chat'] if before else None}")
+            late.append(f"{g.label()}: last chat_opened {before[-1]['chat'] if before else None}")
     assert not late, "\n".join(late)
     swiped = [e for _, e in run.events if e.get("type") == "message_swiped"]
     assert len(swiped) == sum(1 for g in run.gens if g.expected.type == "swipe")
@@ -234,8 +112,31 @@ def test_kvtui_decides_chat_character_and_type(run: Run) -> None:
         if run.variant == "extension" and turn.get("source") not in ("extension", "explicit"):
             diff["source"] = (turn.get("source"), "extension")
         if diff:
-            wrong.append(f"{_label(g)}: got/want {diff}")
+            wrong.append(f"{g.label()}: got/want {diff}")
     assert not wrong, f"{len(wrong)} of {len(run.gens)} wrong:\n" + "\n".join(wrong)
+
+
+def _after_restart(run: Run, g: Gen) -> bool:
+    """The character's first turn after llama-server restarted (its earlier cache is gone)."""
+    prev = run.gens[g.previous] if g.previous is not None else None
+    return g.expected.phase == "restart" and prev is not None and prev.expected.phase != "restart"
+
+
+def _restart_failure(run: Run, g: Gen, cached: int | None) -> str | None:
+    """After a restart only kvtui's saves on disk are left: the turn restored one and reused
+    what that save's prompt shares with this one, or kvtui said the cache was lost to the
+    restart (it had no save of this chat and character)."""
+    if len(run.turns) != len(run.gens):
+        return f"{g.label()}: no decision logged"
+    turn = run.turns[g.n]
+    restored = turn.get("restored")
+    if restored is None:
+        ok = turn.get("reason") == "server_restart"
+        return None if ok else f"{g.label()}: nothing restored, reason {turn.get('reason')}"
+    must = run.from_save.get(g.n)
+    if must is None or cached is None or cached < must:
+        return f"{g.label()}: restored {restored} (its prompt shares {must}), cache_n {cached}"
+    return None
 
 
 def _cache_failures(run: Run, cache_of: list[int | None]) -> list[str]:
@@ -243,12 +144,24 @@ def _cache_failures(run: Run, cache_of: list[int | None]) -> list[str]:
     for g, cached in zip(run.gens, cache_of, strict=True):
         if g.previous is None or g.must_reuse == 0:
             continue
+        if _after_restart(run, g):
+            if (failure := _restart_failure(run, g, cached)) is not None:
+                bad.append(failure)
+            continue
         if cached is None or cached < g.must_reuse:
             bad.append(
-                f"{_label(g)}: cache_n {cached}, previous prompt (#{g.previous}) shares "
+                f"{g.label()}: cache_n {cached}, previous prompt (#{g.previous}) shares "
                 f"{g.must_reuse + SLACK_TOKENS} tokens"
             )
     return bad
+
+
+def test_after_a_server_restart_kvtui_restores_its_saves(run: Run) -> None:
+    """The restart phase: at least one character's cache came back from disk."""
+    firsts = [g for g in run.gens if _after_restart(run, g)]
+    assert firsts, "the session has no turn after the restart"
+    restored = [g.label() for g in firsts if run.turns[g.n].get("restored")]
+    assert restored, f"no save was restored after the restart {run.where()}"
 
 
 def test_kvtui_log_cache_covers_the_previous_prompt(run: Run) -> None:
@@ -302,3 +215,18 @@ def test_no_save_holds_another_chats_prompt(run: Run) -> None:
                 f"for {best_own} chars, another chat's or character's for {best_other}"
             )
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_save_restored_holds_its_own_chats_prompt(run: Run) -> None:
+    """Each save restored into the real server: one of its own chat and character's requests
+    reuses all its tokens but the reply made after that prompt (``tests.e2e.probe``)."""
+    assert run.probes, f"kvtui made no saves in this session {run.where()}"
+    wrong = [
+        f"{p.file} ({p.chat}, {p.character}): {p.n_restored} tokens restored, its own requests "
+        f"reused at most {p.cache_n} (#{p.gen}, {p.tried} tried)"
+        for p in run.probes
+        if not p.covered
+    ]
+    assert not wrong, f"{len(wrong)} of {len(run.probes)} saves (margin {MARGIN}):\n" + "\n".join(
+        wrong
+    )

@@ -83,7 +83,7 @@ class DashboardScreen(LiveScreen):
         if row is not None and self.claim(f"saving slot {row.slot}"):
             self._save_slot(row.slot)
 
-    @work(exclusive=True, group="job", exit_on_error=False, description="Saving a slot")
+    @work(group="job", exit_on_error=False, description="Saving a slot")
     async def _save_slot(self, slot: int) -> None:
         with self.job(SAVE_KINDS), self.busy(f"Saving slot {slot}…"):
             outcome = await self.service.save_slot(slot)
@@ -97,7 +97,7 @@ class DashboardScreen(LiveScreen):
         if self.claim("saving with a tag"):
             self._save_tagged()
 
-    @work(exclusive=True, group="job", exit_on_error=False, description="Saving with a tag")
+    @work(group="job", exit_on_error=False, description="Saving with a tag")
     async def _save_tagged(self) -> None:
         with self.job(SAVE_KINDS):
             characters = [row.character for row in self.rows if row.character]
@@ -105,7 +105,7 @@ class DashboardScreen(LiveScreen):
             if tag:
                 await self._save_everyone(tag)
 
-    @work(exclusive=True, group="job", exit_on_error=False, description="Saving all slots")
+    @work(group="job", exit_on_error=False, description="Saving all slots")
     async def _save_all(self, tag: str | None) -> None:
         with self.job(SAVE_KINDS):
             await self._save_everyone(tag)
@@ -122,7 +122,7 @@ class DashboardScreen(LiveScreen):
         if self.claim("loading saves"):
             self._load()
 
-    @work(exclusive=True, group="job", exit_on_error=False, description="Loading saves")
+    @work(group="job", exit_on_error=False, description="Loading saves")
     async def _load(self) -> None:
         with self.job(LOAD_KINDS):
             table_chat = self.selected_chat()
@@ -142,7 +142,7 @@ class DashboardScreen(LiveScreen):
         if row is not None and self.claim(f"assigning slot {row.slot}"):
             self._assign(row.slot, row.chat, row.character)
 
-    @work(exclusive=True, group="job", exit_on_error=False, description="Assigning a character")
+    @work(group="job", exit_on_error=False, description="Assigning a character")
     async def _assign(self, slot: int, chat: str | None, character: str | None) -> None:
         with self.job(frozenset({Kind.ROUTE})):
             with self.busy("Reading chats and characters…"):
@@ -168,7 +168,7 @@ class DashboardScreen(LiveScreen):
             who = f" ({row.character})" if row.character else ""
             self._erase(row.slot, who)
 
-    @work(exclusive=True, group="job", exit_on_error=False, description="Erasing a slot")
+    @work(group="job", exit_on_error=False, description="Erasing a slot")
     async def _erase(self, slot: int, who: str) -> None:
         with self.job(ERASE_KINDS):
             question = (
@@ -187,7 +187,7 @@ class DashboardScreen(LiveScreen):
         if self.claim("clearing all slots"):
             self._clear_all()
 
-    @work(exclusive=True, group="job", exit_on_error=False, description="Clearing all slots")
+    @work(group="job", exit_on_error=False, description="Clearing all slots")
     async def _clear_all(self) -> None:
         with self.job(ERASE_KINDS):
             question = (
@@ -208,7 +208,7 @@ class DashboardScreen(LiveScreen):
         if self.claim("editing settings"):
             self._edit_settings()
 
-    @work(exclusive=True, group="job", exit_on_error=False, description="Saving settings")
+    @work(group="job", exit_on_error=False, description="Saving settings")
     async def _edit_settings(self) -> None:
         with self.job():
             new = await self.app.push_screen_wait(SettingsScreen(self.settings))

@@ -3,9 +3,11 @@
 Choose a chat, a message range (empty: since the chat's last memory) and a preset; the plan line
 shows the scene and the server's token count. Run starts the KV-safe job in this screen's worker
 (progress messages replace each other; Esc cancels, and the job still restores any slot it
-borrowed). The preview's title, text and keywords are editable: Accept saves what the fields
-hold, Retry asks for a new reply, Esc discards it. Nothing is written before Accept. The chat's
-existing kvtui memories are listed below.
+borrowed). The preview's title, text and keywords are editable (:mod:`memory_preview`): Accept
+saves what the fields hold, Retry asks for a new reply, Esc discards it. Nothing is written
+before Accept. Once a memory is saved, the chat's after-memory side prompts run on its scene
+(:mod:`memory_after`: one notification per template). The chat's existing kvtui memories are
+listed below.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Input, Label, OptionList, Select, Static, TextArea
+from textual.widgets import Button, Footer, Input, Label, OptionList, Select, Static
 
 from kvtui.llama import LlamaError
 from kvtui.memory.contract import MemoryReplyError
-from kvtui.memory.jobs import Gate, JobError, JobProgress, JobRunner
+from kvtui.memory.jobs import JobError, JobProgress, JobRunner
 from kvtui.memory.library import LibraryError
 from kvtui.memory.lorebook import BookError
 from kvtui.memory.preview import Preview, PreviewState
@@ -32,21 +34,12 @@ from kvtui.memory.scene import SceneError
 from kvtui.memory.settings import MemorySettings
 from kvtui.memory.workflow import MemoryPlan, MemoryWorkflow, SavedMemory
 from kvtui.service import KvService
+from kvtui.tui.screens.memory_after import AfterMemory, service_gate
 from kvtui.tui.screens.memory_presets import PresetManager
+from kvtui.tui.screens.memory_preview import MemoryPreviewPanel, describe_plan
 
 _PLAN_ERRORS = (SceneError, LibraryError, BookError, RegexError, OSError)
 _JOB_ERRORS = (JobError, LlamaError, MemoryReplyError, BookError, OSError)
-
-
-def service_gate(service: object) -> Gate | None:
-    """The service's routing lock for borrowed-slot jobs: ``job_gate()`` when the service
-    offers one, else its ``lock``; None when it has neither (then pass a ``runner``)."""
-    job_gate = getattr(service, "job_gate", None)
-    if callable(job_gate):
-        gate: Gate = job_gate()
-        return gate
-    lock = getattr(service, "lock", None)
-    return lock if isinstance(lock, asyncio.Lock) else None
 
 
 @dataclass
@@ -64,12 +57,8 @@ class MemoryScreen(Screen[None]):
     MemoryScreen #memory-chat { width: 2fr; }
     MemoryScreen #memory-range { width: 1fr; }
     MemoryScreen #memory-preset { width: 1fr; }
-    MemoryScreen #memory-plan, MemoryScreen #memory-status { height: auto; color: $text-muted; }
+    MemoryScreen .memory-line { height: auto; width: 100%; color: $text-muted; }
     MemoryScreen #memory-status.error { color: $text-error; }
-    MemoryScreen #memory-preview { height: 1fr; border: round $primary 50%; padding: 0 1; }
-    MemoryScreen #memory-preview.ready { border: round $success; }
-    MemoryScreen #memory-preview.failed { border: round $error; }
-    MemoryScreen #memory-content { height: 1fr; min-height: 4; }
     MemoryScreen #memory-existing { height: 8; border: round $primary 30%; }
     """
 
@@ -88,6 +77,7 @@ class MemoryScreen(Screen[None]):
         *,
         memory_settings: MemorySettings | None = None,
         runner: JobRunner | None = None,
+        side_previews: bool | None = None,
     ) -> None:
         super().__init__()
         self.service = service
@@ -98,11 +88,14 @@ class MemoryScreen(Screen[None]):
         )
         self._owns_runner = runner is None
         self.st_data = service.st_data  # the service owns SillyTavern's data directory
-        self.flow = (
-            MemoryWorkflow(self.st_data, settings.state_dir, self.memory_settings, self.runner)
-            if self.st_data is not None
-            else None
-        )
+        self.flow: MemoryWorkflow | None = None
+        self.after: AfterMemory | None = None
+        """The after-memory side prompts (``side_previews``: None follows the settings)."""
+        if self.st_data is not None:
+            ms, data = self.memory_settings, self.st_data
+            self.flow = MemoryWorkflow(data, settings.state_dir, ms, self.runner)
+            self.after = AfterMemory(service, self.runner, data, ms, previews=side_previews)
+        self.after_running = False
         self.chat = chat
         self.plan: MemoryPlan | None = None
         self.preview: Preview | None = None
@@ -117,18 +110,15 @@ class MemoryScreen(Screen[None]):
                 yield Select[str]([], prompt="Chat", id="memory-chat", allow_blank=True)
                 yield Input(placeholder="range X-Y (empty: since last memory)", id="memory-range")
                 yield Select[str]([], prompt="Preset", id="memory-preset", allow_blank=True)
-            yield Label("", id="memory-plan", markup=False)
+            yield Label("", id="memory-plan", markup=False, classes="memory-line")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Run (ctrl+r)", variant="primary", id="memory-run")
                 yield Button("Accept (ctrl+s)", variant="success", id="memory-accept")
                 yield Button("Retry (ctrl+t)", id="memory-retry")
                 yield Button("Presets (ctrl+o)", id="memory-presets")
                 yield Button("Cancel (esc)", id="memory-cancel")
-            yield Label("", id="memory-status", markup=False)
-            with Vertical(id="memory-preview"):
-                yield Input(placeholder="title", id="memory-mem-title")
-                yield TextArea(id="memory-content", soft_wrap=True)
-                yield Input(placeholder="keywords, comma-separated", id="memory-keywords")
+            yield Label("", id="memory-status", markup=False, classes="memory-line")
+            yield MemoryPreviewPanel(id="memory-preview")
             yield OptionList(id="memory-existing")
         yield Footer()
 
@@ -204,15 +194,7 @@ class MemoryScreen(Screen[None]):
         self.plan = plan
         self._buttons()
         await self._show_existing(plan)
-        where = {
-            "kvtui": "after kvtui's last memory",
-            "stmb": "after MemoryBooks' last memory",
-        }.get(plan.start_point.source, "from the first message")
-        line = (
-            f"Messages {plan.scene.range_text} ({len(plan.scene.lines)} visible; the default "
-            f"starts {where}), preset {plan.preset.name}, {len(plan.previous)} earlier memories "
-            f"as context → {plan.book_name}."
-        )
+        line = describe_plan(plan)
         self._plan_line(line + " Counting tokens…")
         try:
             budget = await self.flow.estimate(plan)
@@ -237,7 +219,7 @@ class MemoryScreen(Screen[None]):
     # -- running -----------------------------------------------------------------------------
 
     def action_run(self) -> None:
-        if self.running or self.plan is None or self.flow is None:
+        if self.running or self.after_running or self.plan is None or self.flow is None:
             return
         self.preview = Preview()
         self._start(self.plan, self.preview)
@@ -284,32 +266,9 @@ class MemoryScreen(Screen[None]):
             self._status(f"{step.detail}{tokens}… {step.elapsed:.1f} s")
 
     def _show_preview(self) -> None:
-        preview = self.preview
-        box = self.query_one("#memory-preview")
-        box.set_class(preview is not None and preview.state is PreviewState.READY, "ready")
-        box.set_class(preview is not None and preview.state is PreviewState.FAILED, "failed")
-        if preview is None or preview.state is PreviewState.CANCELLED:
-            return
-        title = self.query_one("#memory-mem-title", Input)
-        content = self.query_one("#memory-content", TextArea)
-        keywords = self.query_one("#memory-keywords", Input)
-        if preview.memory is not None:
-            title.value = preview.memory.title
-            content.text = preview.memory.content
-            keywords.value = ", ".join(preview.memory.keywords)
-            self._status(
-                f"Attempt {preview.attempts}: edit the fields if you like, then Accept (ctrl+s), "
-                "Retry (ctrl+t) or discard (esc)."
-            )
-        else:
-            assert preview.error is not None
-            title.value, keywords.value = "", ""
-            content.text = preview.raw
-            self._status(
-                f"Not a memory: {preview.error}. Retry, or fix the reply's JSON in the text box "
-                "and Accept.",
-                error=True,
-            )
+        shown = self.query_one(MemoryPreviewPanel).show(self.preview)
+        if shown is not None:
+            self._status(shown[0], error=shown[1])
 
     # -- preview actions ---------------------------------------------------------------------
 
@@ -317,9 +276,7 @@ class MemoryScreen(Screen[None]):
         preview, plan = self.preview, self.plan
         if self.running or preview is None or plan is None:
             return
-        title = self.query_one("#memory-mem-title", Input).value
-        content = self.query_one("#memory-content", TextArea).text
-        words = self.query_one("#memory-keywords", Input).value
+        title, content, words = self.query_one(MemoryPreviewPanel).fields()
         try:
             if preview.state is PreviewState.FAILED:
                 preview.edit_raw(content)
@@ -355,6 +312,22 @@ class MemoryScreen(Screen[None]):
         self.notify(f"Memory saved to {saved.book_name}.", title="Memory")
         self.query_one("#memory-range", Input).value = ""
         self._replan()
+        after = self.after
+        if after is not None and len(await asyncio.to_thread(after.templates)) > 0:
+            self.after_running = True
+            self._buttons()
+            self._after(plan.ref.chat_id, plan.scene.start, plan.scene.end)
+
+    @work(group="memory-after", exit_on_error=False, description="After-memory side prompts")
+    async def _after(self, chat_id: str, start: int, end: int) -> None:
+        """The side prompts on the scene just memorised (Run waits for them: same job runner)."""
+        assert self.after is not None
+        try:
+            summary = await self.after.run(self, chat_id, start, end)
+        finally:
+            self.after_running = False
+            self._buttons()
+        self._status(f"{self.status_text} {summary}", error=" 0 failed" not in summary)
 
     def action_presets(self) -> None:
         if self.flow is None or self.running:
@@ -392,40 +365,26 @@ class MemoryScreen(Screen[None]):
         else:
             self.dismiss(None)
 
-    @on(Button.Pressed, "#memory-run")
-    def _run_pressed(self) -> None:
-        self.action_run()
+    _BUTTONS = {"memory-run": "run", "memory-accept": "accept", "memory-retry": "retry",
+                "memory-presets": "presets", "memory-cancel": "cancel_or_close"}  # fmt: skip
 
-    @on(Button.Pressed, "#memory-accept")
-    def _accept_pressed(self) -> None:
-        self.action_accept()
-
-    @on(Button.Pressed, "#memory-retry")
-    def _retry_pressed(self) -> None:
-        self.action_retry()
-
-    @on(Button.Pressed, "#memory-presets")
-    def _presets_pressed(self) -> None:
-        self.action_presets()
-
-    @on(Button.Pressed, "#memory-cancel")
-    def _cancel_pressed(self) -> None:
-        self.action_cancel_or_close()
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        action = self._BUTTONS.get(event.button.id or "")
+        if action is not None:
+            getattr(self, f"action_{action}")()
 
     # -- view helpers ------------------------------------------------------------------------
 
     def _clear_preview(self) -> None:
-        self.query_one("#memory-mem-title", Input).value = ""
-        self.query_one("#memory-content", TextArea).text = ""
-        self.query_one("#memory-keywords", Input).value = ""
-        self._show_preview()
+        self.query_one(MemoryPreviewPanel).clear()
 
     def _buttons(self) -> None:
         ready = self.preview is not None and self.preview.state in (
             PreviewState.READY,
             PreviewState.FAILED,
         )
-        self.query_one("#memory-run", Button).disabled = self.running or self.plan is None
+        busy = self.running or self.after_running
+        self.query_one("#memory-run", Button).disabled = busy or self.plan is None
         self.query_one("#memory-accept", Button).disabled = self.running or not ready
         self.query_one("#memory-retry", Button).disabled = self.running or not ready
 

@@ -1,11 +1,13 @@
 """The side-prompt manager: the templates, run one on a chat (with a range), and its preview.
 
-The list shows every template with its triggers; keys enable/disable, duplicate, delete and
-recreate the built-ins. Run (ctrl+r) plans the chosen template on the chosen chat and range
-(empty: the messages since its checkpoint) and runs it through the service's KV-safe job runner.
-With previews on, the reply lands in an editable text box: Accept saves what the box holds
-(an edit included), Retry asks again, Cancel writes nothing. A template without manual runs is
-refused with the service's message.
+The list shows every template with its triggers (and its own server, if any); keys create, edit
+(:class:`~kvtui.tui.screens.sideprompt_editor.SidePromptEditor`, also Enter on the list),
+enable/disable, duplicate, delete and recreate the built-ins. Run (ctrl+r) plans the chosen
+template on the chosen chat and range (empty: the messages since its checkpoint) and runs it
+through the service's KV-safe job runner. With previews on, the reply opens in the shared
+free-text preview (:mod:`kvtui.tui.screens.text_preview`): Accept saves what its box holds,
+Retry asks again, Cancel writes nothing. A template without manual runs is refused with the
+service's message.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Input, Label, OptionList, Select, Static, TextArea
+from textual.widgets import Button, Footer, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
-from kvtui.memory.preview import PreviewError, PreviewState
-from kvtui.sideprompts.prompt import TextPreview
-from kvtui.sideprompts.service import FAILURES, SideOutcome, SidePromptService, SideRun
+from kvtui.memory.preview import TextPreview
+from kvtui.sideprompts.runs import FAILURES, SideOutcome, SideRun
+from kvtui.sideprompts.service import SidePromptService
 from kvtui.sideprompts.templates import SidePrompt
+from kvtui.tui.screens.sideprompt_editor import SidePromptEditor
+from kvtui.tui.screens.text_preview import decide
 
 
 def template_label(t: SidePrompt) -> str:
@@ -31,13 +35,17 @@ def template_label(t: SidePrompt) -> str:
            (f"every {t.triggers.interval}", bool(t.triggers.interval)),
            ("manual", t.triggers.manual)) if flag]  # fmt: skip
     state = "on " if t.enabled else "off"
-    return f"[{state}] {t.name}{' (built-in)' if t.builtin else ''} - {', '.join(on_) or '-'}"
+    server = f" @ {t.server_url}{f' ({t.model})' if t.model else ''}" if t.server_url else ""
+    mark = " (built-in)" if t.builtin else ""
+    return f"[{state}] {t.name}{mark} - {', '.join(on_) or '-'}{server}"
 
 
 class SidePromptsScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "close", "Close", id="sideprompts.close"),
         Binding("ctrl+r", "run", "Run", id="sideprompts.run"),
+        Binding("ctrl+n", "new", "New", id="sideprompts.new"),
+        Binding("ctrl+o", "edit", "Edit", id="sideprompts.edit"),
         Binding("ctrl+e", "toggle_enabled", "Enable/disable", id="sideprompts.toggle"),
         Binding("ctrl+d", "duplicate", "Duplicate", id="sideprompts.duplicate"),
         Binding("ctrl+x", "delete", "Delete", id="sideprompts.delete"),
@@ -55,8 +63,6 @@ class SidePromptsScreen(Screen[None]):
         self.status_text = ""
         self.outcome: SideOutcome | None = None
         self.preview: TextPreview | None = None
-        self._decided: asyncio.Event | None = None
-        self._run: SideRun | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="sideprompts"):
@@ -66,11 +72,7 @@ class SidePromptsScreen(Screen[None]):
                 yield Select[str]([], prompt="Chat", id="sideprompts-chat", allow_blank=True)
                 yield Input(placeholder="range X-Y (empty: since last run)", id="sideprompts-range")
                 yield Button("Run (ctrl+r)", variant="primary", id="sideprompts-run")
-            yield TextArea("", id="sideprompts-preview")
-            with Horizontal(id="sideprompts-decide"):
-                yield Button("Accept", variant="success", id="sideprompts-accept", disabled=True)
-                yield Button("Retry", id="sideprompts-retry", disabled=True)
-                yield Button("Cancel", id="sideprompts-cancel", disabled=True)
+                yield Button("Edit (ctrl+o)", id="sideprompts-edit")
             yield Label("", id="sideprompts-status", markup=False)
         yield Footer()
 
@@ -146,6 +148,41 @@ class SidePromptsScreen(Screen[None]):
     def action_builtins(self) -> None:
         self._library_action("builtins")
 
+    # -- editing -----------------------------------------------------------------------------
+
+    def action_new(self) -> None:
+        self.app.push_screen(SidePromptEditor(), lambda t: self._edited(None, t))
+
+    @on(Button.Pressed, "#sideprompts-edit")
+    @on(OptionList.OptionSelected, "#sideprompts-list")
+    def action_edit(self) -> None:
+        name = self.selected_name
+        if name is None:
+            return
+        try:
+            template = self.service.library.get(name)
+        except FAILURES as err:
+            self._status(str(err))
+            return
+        self.app.push_screen(SidePromptEditor(template), lambda t: self._edited(name, t))
+
+    def _edited(self, name: str | None, template: SidePrompt | None) -> None:
+        """Keep what the editor saved (``name`` None: a new template)."""
+        if template is None:
+            return
+        library = self.service.library
+        try:
+            if name is None:
+                kept = library.add(template.model_copy(update={"builtin": False}))
+            else:
+                data = template.model_dump(exclude={"builtin"})
+                kept = library.update(name, **data)
+        except FAILURES as err:
+            self._status(str(err))
+            return
+        self._status(f"Saved the side prompt {kept.name}.")
+        self._refresh_list(keep=kept.name)
+
     # -- running -----------------------------------------------------------------------------
 
     @on(Button.Pressed, "#sideprompts-run")
@@ -170,74 +207,25 @@ class SidePromptsScreen(Screen[None]):
     @work(exclusive=True, group="sideprompt")
     async def _work(self, name: str, chat: str, range_text: str | None) -> None:
         try:
-            decide = self._decide if self.previews else None
-            outcome = await self.service.run_manual(name, chat, range_text, decide)
+            choose = self._decide if self.previews else None
+            outcome = await self.service.run_manual(name, chat, range_text, choose)
         except FAILURES as err:
             outcome = SideOutcome(name, chat, "failed", message=str(err))
         finally:
             self.running = False
-            self._show_buttons(False)
         self.outcome = outcome
         self._status(outcome.message or outcome.status)
 
     async def _decide(self, run: SideRun, preview: TextPreview) -> None:
-        self._run, self.preview = run, preview
-        self._decided = asyncio.Event()
-        self._offer(preview)
-        await self._decided.wait()
+        self.preview = preview
 
-    def _offer(self, preview: TextPreview) -> None:
-        self.query_one("#sideprompts-preview", TextArea).text = preview.text
-        ready = preview.state is PreviewState.READY
-        self._show_buttons(True, accept=ready)
-        self._status(preview.error or "Edit the text if you like, then Accept, Retry or Cancel.")
+        async def again(p: TextPreview) -> None:
+            await self.service.regenerate(run, p)
 
-    def _show_buttons(self, on_: bool, *, accept: bool = True) -> None:
-        self.query_one("#sideprompts-accept", Button).disabled = not (on_ and accept)
-        self.query_one("#sideprompts-retry", Button).disabled = not on_
-        self.query_one("#sideprompts-cancel", Button).disabled = not on_
-
-    @on(Button.Pressed, "#sideprompts-accept")
-    def accept(self) -> None:
-        preview = self.preview
-        if preview is None or self._decided is None:
-            return
-        text = self.query_one("#sideprompts-preview", TextArea).text
-        try:
-            if text.strip() != preview.text:
-                preview.edit(text)
-            preview.accept()
-        except PreviewError as err:
-            self._status(str(err))
-            return
-        self._decided.set()
-
-    @on(Button.Pressed, "#sideprompts-cancel")
-    def cancel(self) -> None:
-        if self.preview is not None and self._decided is not None:
-            self.preview.cancel()
-            self._decided.set()
-
-    @on(Button.Pressed, "#sideprompts-retry")
-    def retry(self) -> None:
-        if self.preview is not None and self._run is not None:
-            self._show_buttons(False)
-            self._status("Asking again…")
-            self._retry(self._run, self.preview)
-
-    @work(exclusive=True, group="sideprompt-retry")
-    async def _retry(self, run: SideRun, preview: TextPreview) -> None:
-        try:
-            preview.retry()
-            await self.service.regenerate(run, preview)
-        except FAILURES as err:
-            preview.state = PreviewState.WAITING
-            preview.fail(str(err))
-        self._offer(preview)
+        title = f"{run.template.name}: messages {run.scene.start}-{run.scene.end}"
+        await decide(self.app, title, preview, again)
 
     def action_close(self) -> None:
-        if self.preview is not None and self._decided is not None and not self._decided.is_set():
-            self.cancel()
         self.app.pop_screen()
 
     def _status(self, text: str) -> None:
