@@ -249,3 +249,27 @@ async def test_save_now_twice_writes_no_duplicate(
         changed = await service.save_slot(slot)
         assert not changed.unchanged
         assert len(store.entries()) == len(before) + 1
+
+
+async def test_a_save_right_after_a_turn_fingerprints_that_turn_not_the_one_before(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """Recorded prompts are written behind the loop; the sidecar must still describe the prompt
+    the slot holds now, not the previous one still on disk."""
+    from kvtui.fingerprint import PromptFingerprint
+
+    settings = settings_for(clean_server, tmp_path)
+    longer = PROMPT + " Hello, Alex.\nAlex: The bridge?\nSeraphina:"
+    async with KvService(settings) as service:
+        await service.refresh()
+        decision = await service.route("chat", "Seraphina", GenType.NORMAL)
+        service.record_prompt("chat", "Seraphina", PROMPT, {"prompt": PROMPT})
+        await service.flush()  # the first prompt is on disk
+        service.record_prompt("chat", "Seraphina", longer, {"prompt": longer, "n_predict": 1})
+        await service.client.completion(longer, n_predict=1, id_slot=decision.slot)
+        saved = await service.save_slot(decision.slot)  # no flush: the write may be queued
+        assert service.store is not None
+        meta = service.store.read_meta(saved.filename)
+    assert meta is not None and isinstance(meta.fingerprint, dict)
+    fingerprint = PromptFingerprint.from_json(meta.fingerprint)
+    assert fingerprint.is_prefix_of(longer) and meta.fingerprint["length"] == len(longer)

@@ -127,6 +127,14 @@ class ServiceCore:
         write = functools.partial(recorder.record, chat, character, prompt, request)
         self.writes.submit(key, write)
 
+    def last_recorded(self, chat: str, character: str) -> tuple[str, dict[str, Any]] | None:
+        """The prompt (and request) last recorded for ``character`` in ``chat`` by this process,
+        even while its write is still queued; ``None`` when only the disk may know."""
+        held = self._recorded.get(("prompt", chat, character))
+        if held is None or held[0] is not self.recorder:
+            return None
+        return held[1], held[2]
+
     def _write_failed(self, key: Hashable, error: OSError) -> None:
         self._recorded.pop(key, None)  # written again next time
         what = "the slot book" if key == BOOK else "a recorded prompt"

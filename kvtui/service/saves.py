@@ -190,14 +190,19 @@ class Saves:
     def _fingerprint(self, chat: str, character: str) -> dict[str, Any] | None:
         """The fingerprint of the prompt last routed for this character (what its slot holds
         the start of), for the sidecar; None when kvtui never saw one."""
-        try:
-            recorded = self.core.recorder.last_request(chat, character)
-        except OSError:
-            return None
-        if recorded is None:
-            return None
+        held = self.core.last_recorded(chat, character)  # its disk write may still be queued
+        if held is not None:
+            prompt, request = held
+        else:
+            try:
+                recorded = self.core.recorder.last_request(chat, character)
+            except OSError:
+                return None
+            if recorded is None:
+                return None
+            prompt, request = recorded.prompt, recorded.body
         # The recorder keeps a text prompt beside its body (Chat Completion bodies keep theirs).
-        body = {**recorded.body, "prompt": recorded.prompt}
+        body = {**{k: v for k, v in request.items() if k != "prompt"}, "prompt": prompt}
         return PromptFingerprint.of(canonical_text(body)).to_json()
 
     async def farewell(self, allocation: Allocation, *, required: bool) -> SaveOutcome | None:

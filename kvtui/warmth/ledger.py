@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kvtui.warmth.accounting import common_prefix, messages_between, split_turn
+from kvtui.warmth.accounting import messages_between, split_turn
 from kvtui.warmth.log import TurnLog, turns_path
 from kvtui.warmth.model import (
     UNSURE_SOURCES,
@@ -36,6 +36,7 @@ from kvtui.warmth.model import (
     TurnRecord,
 )
 from kvtui.warmth.policy import RamCacheModel, WarmthPolicy
+from kvtui.warmth.priors import Prior, matching_extent, similar_prior
 from kvtui.warmth.ramcache import RamCacheInfo
 from kvtui.warmth.recallcost import recall_cost
 from kvtui.warmth.summary import slot_warmth, summarize
@@ -43,20 +44,9 @@ from kvtui.warmth.summary import slot_warmth, summarize
 Tokenize = Callable[[str], Awaitable[list[int]]]
 Key = tuple[str, str]
 _MEMORY = 128
-_SIMILAR_MIN_CHARS = 128
 _SESSION = 50_000
 _EXTENTS = 64  # a character's last turns whose size a restored save's token count is matched to
-_EXTENT_SLACK = 4
 _SIDE_TURNS = frozenset({"quiet", "impersonate"})  # not the character's chat: not remembered
-
-
-@dataclass
-class _Prior:
-    """A prompt a character was sent, with the server's token count once its reply ended."""
-
-    prompt: str
-    tokens: int | None = None
-    extent: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,9 +54,9 @@ class TurnTicket:
     """What :meth:`WarmthLedger.begin` returns; hand it to :meth:`WarmthLedger.finish`."""
 
     decision: TurnDecision
-    current: _Prior | None
-    previous: _Prior | None
-    candidates: tuple[_Prior, ...]  # an unsure identity's possible earlier selves
+    current: Prior | None
+    previous: Prior | None
+    candidates: tuple[Prior, ...]  # an unsure identity's possible earlier selves
     begun: datetime = field(default_factory=lambda: datetime.now(UTC))
     recall: Mapping[str, Any] | None = None
     """Recall's telemetry (``kvtui.recall.telemetry.turn_entry``), booked in the record with
@@ -106,7 +96,7 @@ class WarmthLedger:
         self._on_error = on_error
         self._ring: deque[TurnRecord] = deque(maxlen=max(1, ring))
         self._session: deque[TurnRecord] = deque(maxlen=_SESSION)
-        self._memory: OrderedDict[Key, _Prior] = OrderedDict()
+        self._memory: OrderedDict[Key, Prior] = OrderedDict()
         self._occupant: dict[int, Key] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._order = asyncio.Lock()
@@ -178,16 +168,16 @@ class WarmthLedger:
                 evicted_unsaved=decision.evicted_unsaved or "evicted_unsaved" in flags,
             )
         remembered = self._memory.get(key)
-        previous: _Prior | None = None
+        previous: Prior | None = None
         if decision.previous_prompt is not None:
             same = remembered is not None and remembered.prompt == decision.previous_prompt
-            previous = remembered if same else _Prior(decision.previous_prompt)
+            previous = remembered if same else Prior(decision.previous_prompt)
         elif remembered is not None:
             previous = remembered
-        candidates: tuple[_Prior, ...] = ()
+        candidates: tuple[Prior, ...] = ()
         if previous is None and decision.prompt is not None and decision.source in UNSURE_SOURCES:
             candidates = tuple(self._memory.values())  # searched off the hot path
-        current = _Prior(decision.prompt) if decision.prompt is not None else None
+        current = Prior(decision.prompt) if decision.prompt is not None else None
         if current is not None and decision.gen_type not in _SIDE_TURNS:
             self._memory.pop(key, None)
             self._memory[key] = current
@@ -253,17 +243,6 @@ class WarmthLedger:
 
     # -- inside -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _similar(prompt: str, candidates: tuple[_Prior, ...]) -> _Prior | None:
-        best: tuple[int, _Prior] | None = None
-        for prior in candidates:
-            shared = common_prefix(prompt, prior.prompt)
-            if shared >= max(_SIMILAR_MIN_CHARS, len(prior.prompt) // 2) and (
-                best is None or shared > best[0]
-            ):
-                best = (shared, prior)
-        return best[1] if best else None
-
     def _track_slot(self, decision: TurnDecision, key: Key) -> None:
         slot = decision.slot
         if slot is None:
@@ -318,7 +297,7 @@ class WarmthLedger:
         predicted = timings.get("predicted_n")
         previous, similar = ticket.previous, False
         if previous is None and ticket.candidates and d.prompt is not None:
-            previous = self._similar(d.prompt, ticket.candidates)
+            previous = similar_prior(d.prompt, ticket.candidates)
             similar = previous is not None
         split = await split_turn(
             d,
@@ -381,14 +360,7 @@ class WarmthLedger:
             return None
         chars: int | None = None
         if d.restored_tokens is not None:
-            # The save was taken after one of this character's turns: its tokens say which.
-            near = [
-                (abs(extent - d.restored_tokens), length)
-                for length, extent in self._extents.get((d.chat, d.character), ())
-            ]
-            best = min(near, default=None)
-            if best is not None and best[0] <= _EXTENT_SLACK:
-                chars = best[1]
+            chars = matching_extent(self._extents.get((d.chat, d.character), ()), d.restored_tokens)
         if chars is None and self._saved_chars is not None:
             with contextlib.suppress(Exception):
                 chars = await asyncio.to_thread(self._saved_chars, d.restored)
