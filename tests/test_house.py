@@ -42,3 +42,27 @@ def test_the_check_finds_a_long_module(tmp_path: Path) -> None:
     (tmp_path / "pkg" / "long.py").write_text("x = 1\n" * 401, encoding="utf-8")
     (tmp_path / "fits.py").write_text("x = 1\n" * 400, encoding="utf-8")
     assert oversized(tmp_path) == {"pkg/long.py": 401}
+
+
+BLOCK_PLAYWRIGHT = r"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "playwright" or name.startswith("playwright."):
+            raise ImportError("playwright is not installed here")
+sys.meta_path.insert(0, Block())
+import pytest
+sys.exit(pytest.main(["-q", "--collect-only", "-p", "no:cacheprovider", "tests/e2e"]))
+"""
+
+
+def test_the_suite_collects_without_playwright() -> None:
+    """CI runs ``pytest -q`` before it installs the browser tests' playwright."""
+    import subprocess
+    import sys
+
+    root = KVTUI.parent
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK_PLAYWRIGHT], cwd=root, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

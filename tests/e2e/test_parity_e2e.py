@@ -15,7 +15,6 @@ import json
 import pytest
 
 from tests.e2e.runner import Run
-from tests.e2e.session import PHASES
 from tests.e2e.stack import missing_requirements
 
 pytestmark = [
@@ -50,6 +49,8 @@ def test_both_runs_saw_the_same_session(run: Run, direct: Run) -> None:
 
 
 def test_kvtui_prefills_no_more_than_llama_server_alone(run: Run, direct: Run) -> None:
+    from tests.e2e.session import PHASES  # drives the page: needs playwright (imported late)
+
     rows = {
         phase: {
             "direct": direct.prefill.get(phase, 0),
