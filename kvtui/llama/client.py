@@ -1,10 +1,9 @@
 """The async client for llama-server: the only code in kvtui that speaks HTTP to it.
 
 It validates what the server does not: slot ids are range-checked (the server wraps them modulo
-the slot count and would overwrite files), file names must be plain names, and a restore of a file
-that is not in the save directory is refused (a failed restore wipes the slot on the server).
-Save, restore and erase on a busy slot block until the slot is idle, so those calls (and
-completions) have no read timeout; connecting still times out.
+the slot count), file names must be plain names, and a restore of a file not in the save
+directory is refused (a failed restore wipes the slot). Save, restore and erase on a busy slot
+block until it is idle, so they (and completions) have no read timeout; connecting times out.
 """
 
 from __future__ import annotations
@@ -58,6 +57,9 @@ def _normalize_url(url: str) -> str:
     return url if "://" in url else f"http://{url}"
 
 
+KEEPALIVE_EXPIRY = 2.0  # llama-server closes idle connections at 5 s: reuse one only before that
+
+
 class LlamaClient:
     """Async client for one llama-server (``async with LlamaClient(url) as client: ...``)."""
 
@@ -78,6 +80,7 @@ class LlamaClient:
             base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY),
             transport=transport,
         )
         # Calls that may wait for a busy slot or a long generation: no read timeout.
