@@ -58,3 +58,22 @@ def clean_server(llama_server: EmbeddedServer) -> EmbeddedServer:
 def save_dir(clean_server: EmbeddedServer) -> Path:
     assert clean_server.save_dir is not None
     return clean_server.save_dir
+
+
+@pytest.fixture(scope="session")
+def no_ram_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """A server without the RAM prompt cache (``--cache-ram 0``): an evicted prompt is gone,
+    so a lost cache shows in ``cache_n`` instead of being quietly brought back from RAM."""
+    server = EmbeddedServer(
+        save_dir=tmp_path_factory.mktemp("no-ram-saves"), n_slots=4, n_ctx=4096, cache_ram_mib=0
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def strict_server(no_ram_server: EmbeddedServer) -> EmbeddedServer:
+    """:func:`no_ram_server` with every slot erased and its save directory empty."""
+    reset_server(no_ram_server)
+    return no_ram_server

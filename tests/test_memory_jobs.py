@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from kvtui.memory.contract import memory_schema, parse_memory
 from kvtui.memory.jobs import JobProgress, JobRunner, PromptTooLarge
 from kvtui.memory.settings import MemorySettings
 from kvtui.store.names import is_private_name
-from tests.conftest import reset_server
 
 JOB_PROMPT = (
     "Write a memory of the scene below as JSON.\n\n=== SCENE TRANSCRIPT ===\n"
@@ -29,24 +28,6 @@ JOB_PROMPT = (
 )
 SERVERS = ["clean_server", "strict_server"]
 SCHEMA = memory_schema(max_title=40, max_content=200, max_keywords=6)
-
-
-@pytest.fixture(scope="module")
-def no_ram_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    """A server without the RAM prompt cache (``--cache-ram 0``): an evicted prompt is gone,
-    so a lost cache shows in ``cache_n`` instead of being quietly brought back from RAM."""
-    server = EmbeddedServer(
-        save_dir=tmp_path_factory.mktemp("memory-saves"), n_slots=4, n_ctx=4096, cache_ram_mib=0
-    )
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def strict_server(no_ram_server: EmbeddedServer) -> EmbeddedServer:
-    reset_server(no_ram_server)
-    return no_ram_server
 
 
 def character_prompt(name: str, length: int) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -26,25 +26,12 @@ from kvtui.sideprompts.cli import sideprompt_command
 from kvtui.sideprompts.interval import IntervalTrigger
 from kvtui.sideprompts.service import SidePromptService
 from kvtui.sillytavern.sample import copy_sample
-from tests.conftest import reset_server
 from tests.sideprompt_helpers import CHAT, UTILITY, add_messages, make_service, only, tiny
 
 
-@pytest.fixture(scope="module")
-def no_ram_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    """Without the RAM prompt cache a lost cache shows in ``cache_n``."""
-    server = EmbeddedServer(
-        save_dir=tmp_path_factory.mktemp("sp-saves"), n_slots=4, n_ctx=4096, cache_ram_mib=0
-    )
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def server(no_ram_server: EmbeddedServer) -> EmbeddedServer:
-    reset_server(no_ram_server)
-    return no_ram_server
+def server(strict_server: EmbeddedServer) -> EmbeddedServer:
+    return strict_server  # the shared server without a RAM cache: a lost cache shows
 
 
 @pytest.fixture
