@@ -234,3 +234,33 @@ async def test_server_killed_mid_call(tmp_path: Path) -> None:
                 await client.slots()
     finally:
         server.stop()
+
+
+async def test_a_dropped_kept_alive_connection_is_retried_once() -> None:
+    """llama-server closes kept-alive connections (at 5 s idle, and now and then otherwise): a
+    request written to one it had just dropped is sent once more; a gone server still fails."""
+    import httpx
+
+    from kvtui.llama import LlamaClient, ServerUnreachable
+
+    calls: list[str] = []
+
+    def drop_first(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if len(calls) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200, json={"status": "ok"})
+
+    async with LlamaClient("http://127.0.0.1:9", transport=httpx.MockTransport(drop_first)) as c:
+        await c.health()
+    assert calls == ["/health", "/health"]
+
+    def always_drop(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+    calls.clear()
+    async with LlamaClient("http://127.0.0.1:9", transport=httpx.MockTransport(always_drop)) as c:
+        with pytest.raises(ServerUnreachable, match="broke during GET /health"):
+            await c.health()
+    assert calls == ["/health", "/health"]  # once more, then the first error

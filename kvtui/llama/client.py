@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from kvtui.llama import dropped
 from kvtui.llama.checks import check_filename, check_slot
 from kvtui.llama.errors import (
     LlamaError,
@@ -57,9 +58,6 @@ def _normalize_url(url: str) -> str:
     return url if "://" in url else f"http://{url}"
 
 
-KEEPALIVE_EXPIRY = 2.0  # llama-server closes idle connections at 5 s: reuse one only before that
-
-
 class LlamaClient:
     """Async client for one llama-server (``async with LlamaClient(url) as client: ...``)."""
 
@@ -80,7 +78,6 @@ class LlamaClient:
             base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY),
             transport=transport,
         )
         # Calls that may wait for a busy slot or a long generation: no read timeout.
@@ -112,9 +109,7 @@ class LlamaClient:
         limits: httpx.Timeout | None = None,
     ) -> httpx.Response:
         try:
-            return await self._http.request(
-                method, path, json=body, timeout=limits or httpx.USE_CLIENT_DEFAULT
-            )
+            return await dropped.request(self._http, method, path, body, limits)
         except (httpx.RequestError, httpx.InvalidURL) as err:
             self._total_slots = None  # it may come back with another -np
             raise unreachable(err, self.base_url, f"{method} {path}", self.timeout) from err

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import httpx
 
 from kvtui.events import EventLog, Kind
-from kvtui.llama.client import KEEPALIVE_EXPIRY
 from kvtui.proxy.asgi import Receive, Send, client_gone, send_error
 from kvtui.proxy.headers import RawHeaders, response_headers
 from kvtui.proxy.observer import ReplyObserver
@@ -49,8 +48,7 @@ class Relay:
     def __init__(self, events: EventLog) -> None:
         self.events = events
         self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, read=None, write=60.0, pool=None),
-            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY),  # before llama-server's 5 s
+            timeout=httpx.Timeout(10.0, read=None, write=60.0, pool=None)
         )
         self.pool = UpstreamPool()
 
