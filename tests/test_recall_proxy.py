@@ -111,6 +111,7 @@ class Scene:
         self.last_reply = "".join(_piece(e) for e in events)
         await self.h.proxy.app.settled()
         await self.h.proxy.app.extras.ledger.drain()
+        await self.h.proxy.app.extras.refresher.drain()
         assert len(self.sent) == before + 1
         return self.sent[-1]
 
@@ -236,7 +237,9 @@ async def test_tc_normal_computes_and_continue_reuses(
 async def test_tc_regenerate_and_swipe_with_the_message_unchanged_reuse(
     clean_server: EmbeddedServer, tmp_path: Path
 ) -> None:
-    async with scene(clean_server, tmp_path) as s:
+    # without the refresh after each reply (tests/test_recall_refresh.py: it trades the
+    # recall's tokens on a swipe for the reply's on the next turn) a reused recall costs nothing
+    async with scene(clean_server, tmp_path, recall_refresh=False) as s:
         first = await s.normal("Will you lend me your sword for the road?")
         sent = await s.regenerate()
         assert text_of(sent) == text_of(first)  # the same recall: the cached prompt holds

@@ -1,7 +1,7 @@
 """``recall_keep_in_history`` through the real proxy and server: with the reply the model really
 wrote sent back (as SillyTavern does), a depth-0 recall no longer costs that reply; without it
-the next turn re-prefills from where the last recall was, and the ledger books that loss on
-recall."""
+(and without the refresh of ``tests/test_recall_refresh.py``) the next turn re-prefills from
+where the last recall was, and the ledger books that loss on recall."""
 
 from __future__ import annotations
 
@@ -54,7 +54,9 @@ async def test_kept_recall_keeps_the_reply_cached(
 async def test_without_it_the_moved_recall_costs_the_reply(
     clean_server: EmbeddedServer, tmp_path: Path
 ) -> None:
-    async with scene(clean_server, tmp_path, recall_keep_in_history=False) as s:
+    async with scene(
+        clean_server, tmp_path, recall_keep_in_history=False, recall_refresh=False
+    ) as s:
         first, recall, held = await _two_turns(s)
         turn = s.h.proxy.app.extras.ledger.records()[-1]
         assert SWORD not in text_of(s.sent[-1])

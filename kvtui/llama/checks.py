@@ -6,6 +6,10 @@ overwrites the named file), and only rejects bad file names after the fact. Both
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 from kvtui.llama.errors import InvalidFilename, SlotOutOfRange
 
 _FORBIDDEN = frozenset('/\\:*?"<>|\x7f\ufffd\ufeff\uff0e\u2215\u2216')
@@ -81,3 +85,11 @@ def check_slot(slot: int, total_slots: int, url: str) -> None:
             f"{url} (it would silently have used slot {wrapped} instead, overwriting files)."
         )
     raise SlotOutOfRange(slot_sentence(problem), hint)
+
+
+def regular_file(path: Path) -> bool:
+    """A regular file, not a symlink (llama-server would follow one out of its directory)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -20,7 +18,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from kvtui.llama import dropped
-from kvtui.llama.checks import check_filename, check_slot
+from kvtui.llama.checks import check_filename, check_slot, regular_file
 from kvtui.llama.errors import (
     LlamaError,
     ModelLoading,
@@ -43,14 +41,6 @@ from kvtui.llama.models import (
 )
 
 _Model = TypeVar("_Model", bound=BaseModel)
-
-
-def _regular_file(path: Path) -> bool:
-    """A regular file, not a symlink (llama-server would follow one out of its directory)."""
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _normalize_url(url: str) -> str:
@@ -207,20 +197,29 @@ class LlamaClient:
             raise self._fail(resp, "GET /metrics")
         return parse_metrics(resp.text)
 
+    async def _post_json(self, path: str, body: dict[str, Any]) -> Any:
+        resp = await self._send("POST", path, body=body)
+        if resp.status_code != 200:
+            raise self._fail(resp, f"POST {path}")
+        return self._json(resp, f"POST {path}")
+
     async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
         """Token ids of ``text`` (``add_special`` adds BOS, as a text prompt gets)."""
-        what = "POST /tokenize"
-        resp = await self._send(
-            "POST", "/tokenize", body={"content": text, "add_special": add_special}
-        )
-        if resp.status_code != 200:
-            raise self._fail(resp, what)
-        data = self._json(resp, what)
+        data = await self._post_json("/tokenize", {"content": text, "add_special": add_special})
         tokens = data.get("tokens") if isinstance(data, dict) else None
         ids = [t.get("id") if isinstance(t, dict) else t for t in tokens or ()]  # with_pieces
         if not isinstance(tokens, list) or not all(isinstance(t, int) for t in ids):
-            raise ServerError(f"llama-server at {self.base_url} sent no token list for {what}.")
+            raise ServerError(f"llama-server at {self.base_url} sent no token list for /tokenize.")
         return [int(t) for t in ids if t is not None]
+
+    async def apply_template(self, messages: list[Any]) -> str:
+        """``POST /apply-template``: the prompt the server's chat template makes of
+        ``messages`` (a last assistant message is left open, as a prefill)."""
+        data = await self._post_json("/apply-template", {"messages": messages})
+        prompt = data.get("prompt") if isinstance(data, dict) else None
+        if not isinstance(prompt, str):
+            raise ServerError(f"llama-server at {self.base_url} sent no /apply-template prompt.")
+        return prompt
 
     async def wait_until_ready(self, timeout: float = 60.0) -> None:  # noqa: ASYNC109 - polls
         """Poll ``/health`` until 200; "loading" and connection refused are retried."""
@@ -292,7 +291,7 @@ class LlamaClient:
         await self._check_slot(slot)
         if self.save_dir is not None:
             path = self.save_dir / filename
-            if not await asyncio.to_thread(_regular_file, path):
+            if not await asyncio.to_thread(regular_file, path):
                 raise SaveFileMissing(
                     f"{filename} is not a file in the save directory {self.save_dir} (symbolic "
                     "links are never loaded).",

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from kvtui.events import Kind
 from kvtui.proxy.identity import Identity
+from kvtui.proxy.recallrefresh import Refresher
 from kvtui.proxy.recallturns import Pending, RecallTurns
-from kvtui.recall import RecallEngine, RecallSettings
+from kvtui.recall import RecallEngine, RecallOutcome, RecallSettings
 from kvtui.recall.hook import build_engine, inject
 from kvtui.service import KvService, RouteDecision, SaveOutcome
 from kvtui.slots import GenType
@@ -55,7 +56,9 @@ class RouterExtras:
         self.gate = WarmthGate(service, self.ledger)
         service.use_cache_policy(self.gate)
         self.turns = RecallTurns()
+        self.refresher = Refresher(service, self.turns)
         self._pending: dict[tuple[str, str], Pending] = {}  # recall's, until the turn begins
+        self._begun: dict[tuple[str, str], RecallOutcome] = {}  # recall's, until the reply
         self.recall: RecallEngine | None = None
         try:
             self.recall = build_engine(settings, service.st_data)
@@ -78,6 +81,7 @@ class RouterExtras:
         self.service.events.error(Kind.ERROR, message)
 
     async def aclose(self) -> None:
+        await self.refresher.drain()
         await self.ledger.aclose()
 
     async def before_forward(
@@ -128,7 +132,11 @@ class RouterExtras:
     ) -> TurnTicket | None:
         """Begin the turn's accounting; never raises (accounting must not block a request)."""
         self.gate.sync()
-        pending = self._pending.pop((identity.chat, identity.character), None)
+        key = (identity.chat, identity.character)
+        pending = self._pending.pop(key, None)
+        self._begun.pop(key, None)
+        if pending is not None and pending.outcome.settled is not None:
+            self._begun[key] = pending.outcome
         try:
             turn = self.turns.begin(
                 (identity.chat, identity.character), gen_type, prompt, previous_prompt, pending
@@ -152,9 +160,14 @@ class RouterExtras:
             return None
 
     def finish(
-        self, routed: Routed, final: Mapping[str, Any] | None, saved: SaveOutcome | None
+        self,
+        routed: Routed,
+        final: Mapping[str, Any] | None,
+        saved: SaveOutcome | None,
+        reply: str | None = None,
     ) -> None:
-        """The reply ended: account for it and say, in one line, what kvtui decided."""
+        """The reply ended: account for it and say, in one line, what kvtui decided.
+        ``reply``: its text, when it reached the client whole (recall's refresh follows it)."""
         timings = final.get("timings") if final is not None else None
         timings = timings if isinstance(timings, Mapping) else None
         task = None
@@ -171,6 +184,12 @@ class RouterExtras:
             if routed.ticket.recall is not None:
                 self.turns.report(self.ledger, routed.ticket, task, self.service.events)
         identity = routed.identity
+        outcome = self._begun.pop((identity.chat, identity.character), None)
+        if outcome is not None and reply is not None and routed.slot is not None:
+            if self.recall is not None and self.recall.settings.refresh:
+                self.refresher.after_reply(
+                    identity.chat, identity.character, routed.slot, outcome, reply
+                )
         prompt_n = timings.get("prompt_n") if timings is not None else None
         cache_n = timings.get("cache_n") if timings is not None else None
         if isinstance(prompt_n, int) and isinstance(cache_n, int):

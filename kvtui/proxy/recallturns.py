@@ -86,6 +86,13 @@ class RecallTurns:
                 self._last.popitem(last=False)
         return Turn(sent, previous_prompt, entry)
 
+    def refreshed(self, key: Key, prompt: str) -> None:
+        """The slot was refreshed (:mod:`kvtui.proxy.recallrefresh`): the next turn is compared
+        with ``prompt``, which holds no injection."""
+        last = self._last.get(key)
+        if last is not None:
+            self._last[key] = _Sent(last.written, prompt, None)
+
     def report(
         self,
         ledger: WarmthLedger,

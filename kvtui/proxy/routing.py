@@ -301,7 +301,8 @@ class GenerationRouter:
                 Kind.AUTOSAVE, f"Bookkeeping after a reply in slot {routed.slot} failed: {err}"
             )
         final = observer.final if ok else None
-        self.extras.finish(routed, final, saved)
+        whole = reply if ok and outcome.completed else None
+        self.extras.finish(routed, final, saved, whole)
 
     async def _refresh(self) -> None:
         """Poll ``/slots`` before each generation: a restarted llama-server (its task ids start

@@ -99,6 +99,9 @@ class RecallOutcome:
     telemetry: RecallTelemetry
     values: Mapping[str, str] = field(default_factory=dict)  # each macro's replacement text
     text: str = ""  # this turn's recall as injected
+    settled: dict[str, Any] | None = None
+    """The request as sent without this turn's recall (kept pins stay): what the next turn's
+    prompt begins with. ``None`` when nothing was injected or the recall stays as a pin."""
 
 
 class RecallEngine:
@@ -215,10 +218,15 @@ class RecallEngine:
         out = replaced.body if replaced.changed else body
         position = placed[s.macro].position if s.macro in placed else None
         chars_after = placed[s.macro].chars_after if s.macro in placed else None
+        settled = None
+        if text and decision not in (None, Decision.TRANSIENT) and gen_type in _TURNS:
+            settled = replace_macros(body, {**values, s.macro: ""}).body
         if plan is not None:
             kept_body, kept, position = pins.finish(
                 plan, out, text, ids, s.keep_budget, self.count_tokens
             )
+            as_pin = len(kept) > len(plan.kept)
+            settled = pins.with_pins(body, plan.base, plan.kept) if settled and not as_pin else None
             out = body if kept_body == body else kept_body
             held = self.state.characters.get((chat, character))
             if held is not None and decision is not Decision.TRANSIENT and gen_type in _TURNS:
@@ -246,7 +254,7 @@ class RecallEngine:
             warnings=warnings,
         )
         self._save()
-        return RecallOutcome(out, telemetry, values, text)
+        return RecallOutcome(out, telemetry, values, text, settled)
 
     def note_event(self, chat: str, kind: str, character: str | None = None) -> None:
         """A companion-extension event (``POST /kvtui/v1/event``): an edited or deleted message

@@ -203,13 +203,19 @@ def finish(
     if isinstance(p.base, str):
         before = sum(len(pin.text) for pin in p.kept)
         position = p.offset + before + max(inserted.find(text), 0) if text else None
-        out = {**body, "prompt": build(p.base, pins)}
-    else:
-        messages = list(p.base)
-        for pin in sorted(pins, key=lambda q: q.offset, reverse=True):
-            messages.insert(pin.offset, json.loads(pin.text))
-        out = {**body, "messages": messages}
-    return out, (*p.kept, current) if fits else p.kept, position
+    return with_pins(body, p.base, pins), (*p.kept, current) if fits else p.kept, position
+
+
+def with_pins(
+    body: Mapping[str, Any], base: str | list[Any], pins: Sequence[Pin]
+) -> dict[str, Any]:
+    """``body`` whose prompt (or messages) is ``base`` with ``pins`` put back."""
+    if isinstance(base, str):
+        return {**body, "prompt": build(base, pins)}
+    messages = list(base)
+    for pin in sorted(pins, key=lambda q: q.offset, reverse=True):
+        messages.insert(pin.offset, json.loads(pin.text))
+    return {**body, "messages": messages}
 
 
 def _inserted_message(base: list[Any], sent: object, offset: int) -> str | None:

@@ -75,6 +75,11 @@ class RecallSettings(BaseModel):
     longterm_budget: int = Field(default=1000, ge=1, le=100_000)
     """Most tokens in the long-term block (the newest memories that fit are kept)."""
 
+    refresh: bool = True
+    """After a reply with recall injected, prefill in the background the prompt without this
+    turn's recall plus the reply (what the next turn begins with), so a recall near the end
+    does not make the next turn prefill the reply again."""
+
     keep_in_history: bool = False
     """Keep each turn's recall in the prompt where it was injected (text completion), so the
     reply written after it stays cached; a memory already shown there is not repeated."""
