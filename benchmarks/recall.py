@@ -23,9 +23,15 @@ also with ``keep_in_history`` (each turn's recall stays where it was injected,
 :mod:`kvtui.recall.pins`); the macro in the story string (the top of the prompt; the first few
 turns only, each re-prefills the whole chat); the stable long-term block in the story string
 (rebuilt every 5 new memories; a new memory every second turn) with per-turn recall at depth 0
-kept in history. Reported per variant: the hit ratio (``cache_n`` / all prompt tokens of every
-request after the first, which is the same cold prefill for all), the median tokens prefilled
-per turn, how many of them are beyond recall off, and the recall injected per turn. Target
+kept in history; and, on the short session, three times the turns (off, kept, not kept): the
+kept recall fills ``keep_budget`` and the replay shows what a long chat settles to. After each
+reply the recall's refresh runs as the proxy runs it
+(:func:`kvtui.recall.refresh.plan_refresh`: the prompt without this turn's recall plus the
+reply, prefilled before the next request and counted apart, as background work); the variants
+marked "without refresh" leave it out. Reported per variant: the hit ratio (``cache_n`` / all
+prompt tokens of every request after the first, which is the same cold prefill for all), the
+median tokens prefilled per turn, how many of them are beyond recall off, and the recall
+injected per turn. Target
 (issue 16): depth 0 within two points of recall off.
 """
 
@@ -39,6 +45,7 @@ from benchmarks.st import USER, Prose, st_body, story_string
 from benchmarks.wire import Wire
 from kvtui.recall import RecallEngine, RecallSettings, StaticSource
 from kvtui.recall.memories import Memory
+from kvtui.recall.refresh import plan_refresh
 from kvtui.slots import GenType
 
 NAME = "recall"
@@ -50,18 +57,23 @@ KEYWORDS = (
     "village gate blade arrow map trail camp fire oak stone song promise"
 ).split()
 KEPT = " kept"
+NO_REFRESH = " without refresh"
+LONG = ", 3x the turns"  # the kept recall fills its budget: what a long chat settles to
 VARIANTS = {
     "roleplay": (
         "off",
         "depth 0",
+        "depth 0" + NO_REFRESH,
         "depth 0 kept",
         "depth 1",
+        "depth 1" + NO_REFRESH,
         "depth 1 kept",
         "story string",
         "long-term top + depth 0 kept",
     ),
-    "short": ("off", "depth 0", "depth 0 kept"),
-}
+    "short": ("off", "depth 0", "depth 0" + NO_REFRESH, "depth 0 kept", "off" + LONG,
+              "depth 0 kept" + LONG, "depth 0" + LONG),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,8 @@ class Totals:
     prompt_ms: float = 0.0
     per_turn: list[int] = field(default_factory=list)
     injected: list[int] = field(default_factory=list)  # tokens of recall injected per turn
+    background_n: int = 0  # prefilled by recall's refresh after the replies (not waited for)
+    refreshes: int = 0
 
     @property
     def ratio(self) -> float:
@@ -135,7 +149,8 @@ def _replay(wire: Wire, session: Session, variant: str, turns: int) -> Totals:
     opening, script = _script(session, turns)
     start = 12 if variant.startswith("long-term") else 24
     source = StaticSource({CHAT: _memories(start)})
-    settings = RecallSettings(longterm_batch=5, keep_in_history=variant.endswith(KEPT))
+    kept = variant.removesuffix(LONG).endswith(KEPT)
+    settings = RecallSettings(longterm_batch=5, keep_in_history=kept)
     # budgets in the server's own tokens
     eng = RecallEngine(settings, source, count_tokens=lambda text: _tokens(wire, text))
     wire.post("/slots/0?action=erase", {})
@@ -170,6 +185,12 @@ def _replay(wire: Wire, session: Session, variant: str, turns: int) -> Totals:
             # the model "writes" the reply: the slot holds it after the prompt, as in real use
             written = reply if gen is gens[-1] else other
             wire.post("/completion", {**body, "prompt": body["prompt"] + " " + written})
+            # what the proxy does next (kvtui.proxy.recallrefresh), counted on its own
+            plan = plan_refresh(out, written) if not variant.endswith(NO_REFRESH) else None
+            if plan is not None and plan.prompt is not None:
+                done = wire.post("/completion", {**body, "prompt": plan.prompt}).json()
+                totals.background_n += int(done["timings"]["prompt_n"])
+                totals.refreshes += 1
         lines.append((CHAR, reply))
     return totals
 
@@ -200,13 +221,15 @@ async def run(ctx: Context) -> None:
         for name, variants in VARIANTS.items():
             for variant in variants:
                 n = top_turns if variant == "story string" else turns
+                n = 3 * n if variant.endswith(LONG) else n
                 results[(name, variant)] = _replay(wire, SESSIONS[name], variant, n)
                 note(f"{name} / {variant}: {results[(name, variant)].ratio:.1f} %")
     finally:
         wire.close()
         server.stop()
     for (name, variant), t in results.items():
-        _report(ctx, name, variant, t, results[(name, "off")])
+        base = "off" + LONG if variant.endswith(LONG) else "off"
+        _report(ctx, name, variant, t, results[(name, base)])
 
 
 def _report(ctx: Context, name: str, variant: str, t: Totals, off: Totals) -> None:
@@ -221,6 +244,16 @@ def _report(ctx: Context, name: str, variant: str, t: Totals, off: Totals) -> No
         Figure(NAME, f"{label}: median tokens prefilled per turn", per_turn, "tok", headline=True)
     )
     ctx.add(Figure(NAME, f"{label}: server prefill time", t.prompt_ms / 1000.0, "s"))
+    if t.refreshes:
+        ctx.add(
+            Figure(
+                NAME,
+                f"{label}: prefilled by the refresh after each reply (in the background)",
+                t.background_n / t.refreshes,
+                "tok",
+                note=f"{t.refreshes} refreshes",
+            )
+        )
     if variant != "off" and per_turn is not None and off.per_turn:
         injected = median(t.injected) if t.injected else 0.0
         ctx.add(

@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from kvtui.events import Kind
 from kvtui.llama import LlamaError
+from kvtui.recall.warm import warm_prompt
 from kvtui.service import KvService, PromptRecorder, ServiceError
 from kvtui.sillytavern import Chat, Member, SillyTavernData, SillyTavernError, assemble_prompt
 from kvtui.slots import GenType
@@ -308,9 +310,15 @@ class PlanError(ServiceError):
 
 
 def plan_prewarm(
-    chat_id: str, st_data: SillyTavernData | None, recorder: PromptRecorder | None
+    chat_id: str,
+    st_data: SillyTavernData | None,
+    recorder: PromptRecorder | None,
+    settings: Any = None,
 ) -> PrewarmPlan:
-    """Find the chat's members and choose each one's prompt (recorded, else assembled)."""
+    """Find the chat's members and choose each one's prompt (recorded, else assembled).
+
+    With kvtui's ``settings``, a recorded prompt holding recall macros is replayed as the next
+    turn begins (:func:`kvtui.recall.warm.warm_prompt`)."""
     if st_data is None:
         raise PlanError(
             "No SillyTavern data directory is set: give it with --st-dir DIR (data/<user>)."
@@ -329,6 +337,8 @@ def plan_prewarm(
     for member in members:
         recorded = recorder.last(ref.chat_id, member.name) if recorder else None
         if recorded:
+            if settings is not None:
+                recorded = warm_prompt(settings, ref.chat_id, member.name, recorded)
             choices[member.name] = PromptChoice(member.name, recorded, "recorded")
             continue
         card = st_data.card(member.avatar)

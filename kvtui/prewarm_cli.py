@@ -63,7 +63,7 @@ async def run_prewarm_cli(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _run(service: KvService, args: argparse.Namespace) -> int:
     try:
-        plan = plan_prewarm(args.chat, service.st_data, service.recorder)
+        plan = plan_prewarm(args.chat, service.st_data, service.recorder, service.settings)
     except PlanError as err:
         print(f"kvtui: {err}", file=sys.stderr)
         return 2

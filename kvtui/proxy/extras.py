@@ -12,6 +12,7 @@ and the one decision line per request.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvtui.events import Kind
 from kvtui.proxy.identity import Identity
+from kvtui.proxy.recallfit import prompt_fits
 from kvtui.proxy.recallrefresh import Refresher
 from kvtui.proxy.recallturns import Pending, RecallTurns
 from kvtui.recall import RecallEngine, RecallOutcome, RecallSettings
@@ -107,9 +109,26 @@ class RouterExtras:
         )
         for warning in outcome.telemetry.warnings:
             self.service.events.warning(Kind.ROUTE, warning)
+        if outcome.fallback is not None:
+            outcome = await self._fitted(outcome, identity)
         key = (identity.chat, identity.character)
         self._pending[key] = Pending(key, body, outcome)
         return outcome.body
+
+    async def _fitted(self, outcome: RecallOutcome, identity: Identity) -> RecallOutcome:
+        """``outcome``, or its fallback when the kept recall would overflow the slot."""
+        fit = await prompt_fits(self.service, outcome.body)
+        if fit.ok or outcome.fallback is None or self.recall is None:
+            return outcome
+        await asyncio.to_thread(self.recall.drop_pins, identity.chat, identity.character)
+        size = f"{fit.tokens:,} tok" if fit.tokens is not None else "a size the server did not tell"
+        self.service.events.warning(
+            Kind.ROUTE,
+            f"recall {identity.character}: earlier turns' recall left out of the prompt: with "
+            f"it the prompt ({size}) and the reply ({fit.reply:,}) would not fit the slot's "
+            f"{fit.limit:,} tokens.",
+        )
+        return outcome.fallback
 
     def _has_macro(self, body: Mapping[str, Any]) -> bool:
         """Whether ``body`` holds a recall macro: the text is searched, nothing is parsed."""

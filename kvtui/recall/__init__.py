@@ -14,8 +14,9 @@ the recall per (chat, character) right across swipe, regenerate, edit and delete
 from __future__ import annotations
 
 from kvtui.recall.books import memory_books
-from kvtui.recall.engine import Decision, RecallEngine, RecallOutcome, RecallTelemetry
+from kvtui.recall.engine import RecallEngine
 from kvtui.recall.memories import LorebookSource, Memory, MemorySource, StaticSource
+from kvtui.recall.outcome import Decision, RecallOutcome, RecallTelemetry
 from kvtui.recall.settings import RecallSettings, SwipePolicy
 
 __all__ = [

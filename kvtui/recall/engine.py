@@ -31,8 +31,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from kvtui.recall.history import ChatView, chat_view
 from kvtui.recall.longterm import build_longterm, longterm_due
 from kvtui.recall.macro import replace_macros, scan
 from kvtui.recall.memories import Memory, MemorySource
+from kvtui.recall.outcome import Decision, RecallOutcome, RecallTelemetry
 from kvtui.recall.policy import Action, decide
 from kvtui.recall.select import (
     TokenCounter,
@@ -57,51 +57,6 @@ from kvtui.recall.state import CharacterRecall, LongTerm, load_state
 from kvtui.slots import GenType
 
 _TURNS = frozenset({GenType.NORMAL, GenType.SWIPE, GenType.REGENERATE, GenType.CONTINUE})
-
-
-class Decision(StrEnum):
-    COMPUTED = "computed"  # a new round
-    RECOMPUTED = "recomputed"  # the cached round redone (edit, delete, reported change)
-    REUSED = "reused"
-    TRANSIENT = "transient"  # computed for this request only (quiet/impersonate, no cache)
-
-
-@dataclass(frozen=True)
-class RecallTelemetry:
-    """What recall did to one request (JSON-ready for the per-turn log)."""
-
-    macro: str  # "found" | "none" | "malformed" | "disabled" | "token_ids"
-    decision: Decision | None = None
-    reason: str = ""
-    memory_ids: tuple[str, ...] = ()
-    chars: int = 0  # characters of recall injected
-    position: int | None = None  # characters before the injection in the request text
-    chars_after: int | None = None  # request characters after it (what a change re-prefills)
-    changed: bool | None = None  # differs from the last recall injected for this character
-    longterm_batch: int | None = None
-    longterm_chars: int = 0
-    longterm_position: int | None = None
-    longterm_changed: bool | None = None
-    key_source: str | None = None
-    warnings: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["decision"] = self.decision.value if self.decision else None
-        data["memory_ids"] = list(self.memory_ids)
-        data["warnings"] = list(self.warnings)
-        return data
-
-
-@dataclass(frozen=True)
-class RecallOutcome:
-    body: dict[str, Any]  # what to forward (the caller's body itself when nothing changed)
-    telemetry: RecallTelemetry
-    values: Mapping[str, str] = field(default_factory=dict)  # each macro's replacement text
-    text: str = ""  # this turn's recall as injected
-    settled: dict[str, Any] | None = None
-    """The request as sent without this turn's recall (kept pins stay): what the next turn's
-    prompt begins with. ``None`` when nothing was injected or the recall stays as a pin."""
 
 
 class RecallEngine:
@@ -221,6 +176,7 @@ class RecallEngine:
         settled = None
         if text and decision not in (None, Decision.TRANSIENT) and gen_type in _TURNS:
             settled = replace_macros(body, {**values, s.macro: ""}).body
+        plain = (out, position, chars_after, settled)
         if plan is not None:
             kept_body, kept, position = pins.finish(
                 plan, out, text, ids, s.keep_budget, self.count_tokens
@@ -254,7 +210,12 @@ class RecallEngine:
             warnings=warnings,
         )
         self._save()
-        return RecallOutcome(out, telemetry, values, text, settled)
+        fallback = None
+        if plan is not None and plan.kept and out is not plain[0]:
+            at, after = plain[1], plain[2]
+            alone = replace(telemetry, position=at, chars_after=after)
+            fallback = RecallOutcome(plain[0], alone, values, text, plain[3])
+        return RecallOutcome(out, telemetry, values, text, settled, fallback)
 
     def note_event(self, chat: str, kind: str, character: str | None = None) -> None:
         """A companion-extension event (``POST /kvtui/v1/event``): an edited or deleted message
@@ -267,6 +228,15 @@ class RecallEngine:
                 if c == chat and (character is None or ch == character) and value.key is not None:
                     value.stale = why + " (reported by the extension)"
             self._save()
+
+    def drop_pins(self, chat: str, character: str) -> None:
+        """Forget the recall kept in a character's prompt (it was sent without it: the
+        :attr:`RecallOutcome.fallback`); the next turns keep their recall afresh."""
+        with self._lock:
+            held = self.state.characters.get((chat, character))
+            if held is not None and held.pins:
+                held.pins = ()
+                self._save()
 
     def refresh_longterm(self, chat: str) -> int:
         """Rebuild a chat's long-term block now ("on request"); returns its new batch number."""

@@ -16,7 +16,8 @@ from typing import Any
 from kvtui.memory.lorebook import worlds_dir
 from kvtui.memory.settings import MemorySettings
 from kvtui.recall.books import memory_books
-from kvtui.recall.engine import RecallEngine, RecallOutcome, RecallTelemetry
+from kvtui.recall.engine import RecallEngine
+from kvtui.recall.outcome import RecallOutcome, RecallTelemetry
 from kvtui.recall.settings import RecallSettings
 from kvtui.sillytavern.data import SillyTavernData
 from kvtui.slots import GenType

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kvtui.recall.engine import RecallOutcome
+from kvtui.recall.outcome import RecallOutcome
 
 NEAR_END = 0.5
 """The most of the prompt that may follow the recall for a refresh to be worth it."""

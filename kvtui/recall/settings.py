@@ -80,9 +80,10 @@ class RecallSettings(BaseModel):
     turn's recall plus the reply (what the next turn begins with), so a recall near the end
     does not make the next turn prefill the reply again."""
 
-    keep_in_history: bool = False
-    """Keep each turn's recall in the prompt where it was injected (text completion), so the
-    reply written after it stays cached; a memory already shown there is not repeated."""
+    keep_in_history: bool = True
+    """Keep each turn's recall in the prompt where it was injected, so the prompt and the reply
+    after it stay cached; a memory already shown there is not repeated. Left out of a request
+    it would push past the slot's context (off: only this turn's recall is in the prompt)."""
 
     keep_budget: int = Field(default=1000, ge=1, le=100_000)
     """Most tokens of earlier turns' recall kept in the prompt (estimated as characters / 4);

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kvtui.recall.engine import RecallTelemetry
+from kvtui.recall.outcome import RecallTelemetry
 
 Span = tuple[int, int]
 

@@ -138,7 +138,9 @@ class PrewarmScreen(Screen[None]):
             self._status("Choose a chat.")
             return
         try:
-            plan = await asyncio.to_thread(plan_prewarm, chat_id, self.st_data, self.recorder)
+            plan = await asyncio.to_thread(
+                plan_prewarm, chat_id, self.st_data, self.recorder, self.service.settings
+            )
         except PlanError as err:
             self._status(str(err))
             return

@@ -1,0 +1,62 @@
+"""Whether a request with earlier turns' recall kept in it still fits the slot's context.
+
+``recall_keep_in_history`` puts back up to ``recall_keep_budget`` tokens that SillyTavern did not
+count when it sized the prompt to its context. Before such a request is forwarded, kvtui checks
+the prompt and the reply it asks for against the slot's context (``n_ctx`` of one slot): first
+with a bound that needs no server (a token is at least one byte of UTF-8), and only when that
+bound does not settle it, with the server's own tokenizer (a Chat Completion body rendered by its
+chat template first). A request that would not fit is sent without the kept recall
+(:attr:`kvtui.recall.RecallOutcome.fallback`). If the server cannot tell, the answer is no.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kvtui.service import KvService
+
+_PER_MESSAGE = 16
+"""Template tokens a Chat Completion message may add around its content (a generous bound)."""
+
+
+@dataclass(frozen=True)
+class Fit:
+    ok: bool
+    tokens: int | None = None  # the prompt's, when they were counted
+    reply: int = 0  # tokens the request asks to generate
+    limit: int | None = None  # the slot's context
+
+
+def reply_tokens(body: Mapping[str, Any]) -> int:
+    for key in ("n_predict", "max_tokens", "max_new_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
+async def prompt_fits(service: KvService, body: Mapping[str, Any]) -> Fit:
+    limit = service.snapshot().n_ctx
+    reply = reply_tokens(body)
+    if not limit:
+        return Fit(True, reply=reply)  # the server did not say: nothing to check against
+    prompt, messages = body.get("prompt"), body.get("messages")
+    if isinstance(prompt, str):
+        bound = len(prompt.encode("utf-8", "surrogatepass")) + 2
+    elif isinstance(messages, list):
+        text = json.dumps(messages, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        bound = len(text) + _PER_MESSAGE * len(messages)
+    else:
+        return Fit(True, reply=reply, limit=limit)
+    if bound + reply <= limit:
+        return Fit(True, reply=reply, limit=limit)
+    try:
+        if not isinstance(prompt, str):
+            prompt = await service.client.apply_template(list(messages or []))
+        tokens = len(await service.tokenize(prompt, add_special=True))
+    except Exception:  # noqa: BLE001 - unknown: the safe answer
+        return Fit(False, reply=reply, limit=limit)
+    return Fit(tokens + reply <= limit, tokens, reply, limit)
