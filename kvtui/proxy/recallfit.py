@@ -55,7 +55,7 @@ async def prompt_fits(service: KvService, body: Mapping[str, Any]) -> Fit:
         return Fit(True, reply=reply, limit=limit)
     try:
         if not isinstance(prompt, str):
-            prompt = await service.client.apply_template(list(messages or []))
+            prompt = await service.render_chat(list(messages or []))
         tokens = len(await service.tokenize(prompt, add_special=True))
     except Exception:  # noqa: BLE001 - unknown: the safe answer
         return Fit(False, reply=reply, limit=limit)

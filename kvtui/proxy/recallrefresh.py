@@ -57,7 +57,7 @@ class Refresher:
             if plan.prompt is not None:
                 prompt = plan.prompt
             else:
-                prompt = await service.client.apply_template(plan.messages or [])
+                prompt = await service.render_chat(plan.messages or [])
             result = await service.complete(prompt, slot=slot, n_predict=1)
         except Exception as err:  # noqa: BLE001 - said; the next turn prefills instead
             service.events.warning(

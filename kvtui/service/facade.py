@@ -1,5 +1,4 @@
-"""``KvService``: the service's one front door, shared by the dashboard, the CLI, prewarm and the
-proxy.
+"""``KvService``: the service's one front door, for the dashboard, the CLI, prewarm and the proxy.
 
 It performs every operation the seed describes — save, tagged save, restore, multi-load, erase,
 clear, eviction with save-first, autosave with rotation, autoload, chat switch — by handing it to
@@ -151,8 +150,7 @@ class KvService:
 
     @property
     def client(self) -> LlamaClient:
-        """The llama-server client (for diagnostics and benchmarks; operations go through
-        the service's own methods)."""
+        """The llama-server client (diagnostics, benchmarks; operations are the service's)."""
         return self._core.client
 
     @property
@@ -375,6 +373,10 @@ class KvService:
         """The server's token ids of ``text`` (``add_special``: with BOS, as a prompt)."""
         return await self._core.client.tokenize(text, add_special=add_special)
 
+    async def render_chat(self, messages: list[Any]) -> str:
+        """The prompt the server's chat template makes of ``messages``."""
+        return await self._core.client.apply_template(messages)
+
     async def complete(self, prompt: str, *, slot: int, n_predict: int = 1) -> CompletionResult:
         """Process ``prompt`` into ``slot``'s cache (prewarm), generating ``n_predict`` tokens."""
         return await self._core.client.completion(
@@ -386,11 +388,8 @@ class KvService:
     def record_prompt(
         self, chat: str, character: str, prompt: str, request: dict[str, Any]
     ) -> None:
-        """Keep ``prompt`` as the last one ``character`` was sent in ``chat``.
-
-        Written behind the event loop (a failure is reported in the event log), so a routed
-        request is forwarded without waiting for the disk.
-        """
+        """Keep ``prompt`` as the last one ``character`` was sent in ``chat``: written behind
+        the event loop (a failure is in the event log), so a request never waits for the disk."""
         self._core.record_prompt(chat, character, prompt, request)
 
     async def recorded_prompt(self, chat: str, character: str) -> RecordedPrompt | None:
