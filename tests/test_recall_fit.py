@@ -90,3 +90,20 @@ async def test_prewarm_replays_the_prompt_the_next_turn_begins_with(
         turn = s.h.proxy.app.extras.ledger.records()[-1]
         covered = len(await service.tokenize(warm, add_special=True))
         assert turn.cache_n >= covered - 3, (turn.cache_n, covered)
+
+
+async def test_the_last_turns_characters_per_token_settle_most_requests_unasked(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    async with scene(clean_server, tmp_path) as s:
+        service = s.h.service
+        await s.normal("Will you lend me your sword for the road?")  # the server is polled
+        limit = service.snapshot().n_ctx
+        assert limit
+        body = {"prompt": "a b " * (limit // 2), "n_predict": 8}  # more bytes than the limit
+        estimated = await prompt_fits(service, body, chars_per_token=4.0)
+        assert estimated.ok and estimated.tokens is None  # settled without the tokenizer
+        counted = await prompt_fits(service, body)
+        assert counted.tokens is not None and counted.ok == (counted.tokens + 8 <= limit)
+        tight = await prompt_fits(service, body, chars_per_token=2.0)  # the estimate is near
+        assert tight.tokens is not None  # the limit: the tokenizer decides

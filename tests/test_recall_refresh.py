@@ -128,6 +128,11 @@ def test_the_reply_is_written_back_as_sillytavern_writes_it() -> None:
     )
     plan = plan_refresh(instruct, " Hello there.")
     assert plan is not None and plan.prompt == "<|im_start|>assistant\nHello there."
+    continued = RecallOutcome(
+        {"prompt": sent}, t, text="[memory]", settled={"prompt": "S: She turned"}
+    )
+    plan = plan_refresh(continued, " and smiled.\n")
+    assert plan is not None and plan.prompt == "S: She turned and smiled."
     assert plan_refresh(outcome, "  \n") is None  # an empty reply: nothing to write back
     nothing = RecallOutcome({"prompt": sent}, t, text="", settled=None)
     assert plan_refresh(nothing, "Hello") is None

@@ -117,7 +117,8 @@ class RouterExtras:
 
     async def _fitted(self, outcome: RecallOutcome, identity: Identity) -> RecallOutcome:
         """``outcome``, or its fallback when the kept recall would overflow the slot."""
-        fit = await prompt_fits(self.service, outcome.body)
+        key = (identity.chat, identity.character)
+        fit = await prompt_fits(self.service, outcome.body, self._chars_per_token(key))
         if fit.ok or outcome.fallback is None or self.recall is None:
             return outcome
         await asyncio.to_thread(self.recall.drop_pins, identity.chat, identity.character)
@@ -129,6 +130,14 @@ class RouterExtras:
             f"{fit.limit:,} tokens.",
         )
         return outcome.fallback
+
+    def _chars_per_token(self, key: tuple[str, str]) -> float | None:
+        """Characters per token of the character's last prompt (its record in the ledger)."""
+        sent = self.turns.last_sent(key)
+        for record in reversed(self.ledger.records()):
+            if (record.chat, record.character) == key:
+                return len(sent) / record.total if sent and record.total > 0 else None
+        return None
 
     def _has_macro(self, body: Mapping[str, Any]) -> bool:
         """Whether ``body`` holds a recall macro: the text is searched, nothing is parsed."""

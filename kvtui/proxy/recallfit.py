@@ -3,9 +3,10 @@
 ``recall_keep_in_history`` puts back up to ``recall_keep_budget`` tokens that SillyTavern did not
 count when it sized the prompt to its context. Before such a request is forwarded, kvtui checks
 the prompt and the reply it asks for against the slot's context (``n_ctx`` of one slot): first
-with a bound that needs no server (a token is at least one byte of UTF-8), and only when that
-bound does not settle it, with the server's own tokenizer (a Chat Completion body rendered by its
-chat template first). A request that would not fit is sent without the kept recall
+with a bound that needs no server (a token is at least one byte of UTF-8), then with the
+characters per token of the character's last turn and a margin, and only when neither settles it
+with the server's own tokenizer (a Chat Completion body rendered by its chat template first). A
+request that would not fit is sent without the kept recall
 (:attr:`kvtui.recall.RecallOutcome.fallback`). If the server cannot tell, the answer is no.
 """
 
@@ -18,6 +19,9 @@ from typing import Any
 
 from kvtui.service import KvService
 
+_MARGIN = 1.15
+"""How far a prompt's tokens may exceed the estimate from the last turn's characters per token
+(the same chat and tokenizer: the new text is more of the same)."""
 _PER_MESSAGE = 16
 """Template tokens a Chat Completion message may add around its content (a generous bound)."""
 
@@ -38,7 +42,11 @@ def reply_tokens(body: Mapping[str, Any]) -> int:
     return 0
 
 
-async def prompt_fits(service: KvService, body: Mapping[str, Any]) -> Fit:
+async def prompt_fits(
+    service: KvService, body: Mapping[str, Any], chars_per_token: float | None = None
+) -> Fit:
+    """Whether ``body`` and its reply fit one slot. ``chars_per_token``: measured on the
+    character's last turn; an estimate from it with a margin settles most requests unasked."""
     limit = service.snapshot().n_ctx
     reply = reply_tokens(body)
     if not limit:
@@ -53,6 +61,10 @@ async def prompt_fits(service: KvService, body: Mapping[str, Any]) -> Fit:
         return Fit(True, reply=reply, limit=limit)
     if bound + reply <= limit:
         return Fit(True, reply=reply, limit=limit)
+    if chars_per_token and isinstance(prompt, str):
+        estimate = len(prompt) / chars_per_token * _MARGIN
+        if estimate + reply <= limit:
+            return Fit(True, reply=reply, limit=limit)
     try:
         if not isinstance(prompt, str):
             prompt = await service.render_chat(list(messages or []))

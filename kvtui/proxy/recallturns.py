@@ -86,6 +86,11 @@ class RecallTurns:
                 self._last.popitem(last=False)
         return Turn(sent, previous_prompt, entry)
 
+    def last_sent(self, key: Key) -> str | None:
+        """The prompt text last sent for ``key`` (its injections in it)."""
+        last = self._last.get(key)
+        return last.sent if last is not None else None
+
     def refreshed(self, key: Key, prompt: str) -> None:
         """The slot was refreshed (:mod:`kvtui.proxy.recallrefresh`): the next turn is compared
         with ``prompt``, which holds no injection."""

@@ -16,7 +16,8 @@ chat template (``/apply-template``, the reply as an open assistant message). Not
 when the recall is not in the prompt's second half (a macro at the top of the prompt does not
 move down with the chat, so a refresh would prefill the whole chat for nothing), or when the
 reply is empty. The reply is written back as SillyTavern writes it in the next prompt: trimmed,
-after a space when the prompt ends with the speaker's ``Name:``.
+after a space when the prompt ends with the speaker's ``Name:``; a continue's text goes on the
+message as it was written.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def plan_refresh(outcome: RecallOutcome, reply: str) -> Refresh | None:
     """The refresh after ``reply`` to the request recall turned into ``outcome`` (``None``:
     nothing to do)."""
     settled, t = outcome.settled, outcome.telemetry
-    reply = reply.strip()  # as SillyTavern keeps it
+    raw, reply = reply, reply.strip()  # as SillyTavern keeps it
     if settled is None or not reply or not outcome.text:
         return None
     prompt = settled.get("prompt")
@@ -61,7 +62,7 @@ def plan_refresh(outcome: RecallOutcome, reply: str) -> Refresh | None:
             return None
         if t.chars_after > NEAR_END * len(sent):
             return None
-        return Refresh(prompt=prompt + (" " + reply if prompt.endswith(":") else reply))
+        return Refresh(prompt=prompt + _written_back(prompt, raw))
     messages = settled.get("messages")
     if not isinstance(messages, list) or not _near_end(outcome.body.get("messages"), outcome.text):
         return None
@@ -80,3 +81,14 @@ def _near_end(messages: object, text: str) -> bool:
         if text in content:
             return seen - content.rfind(text) - len(text) <= NEAR_END * total
     return False
+
+
+def _written_back(prompt: str, reply: str) -> str:
+    """``reply`` as the next prompt has it after ``prompt``: after a speaker's ``Name:`` a
+    space and the trimmed text, after a line break the trimmed text; after a message's own
+    text (a continue) the text goes on as it was written."""
+    if prompt.endswith(":"):
+        return " " + reply.strip()
+    if not prompt or prompt[-1].isspace():
+        return reply.strip()
+    return reply.rstrip()
