@@ -106,8 +106,9 @@ def test_impersonate_uses_the_pins_and_changes_nothing() -> None:
     assert state is not None and len(state.pins) == 1
 
 
-def test_off_by_default_and_empty_recall_is_the_prompt_without_the_macro() -> None:
-    plain = RecallEngine(RecallSettings(), StaticSource({CHAT: MEMORIES}))
+def test_on_by_default_and_empty_recall_is_the_prompt_without_the_macro() -> None:
+    assert RecallSettings().keep_in_history
+    plain = RecallEngine(RecallSettings(keep_in_history=False), StaticSource({CHAT: MEMORIES}))
     chat = ["Alex: Where is my sword?"]
     send(plain, prompt(chat))
     chat += ["Seraphina: By the river.", "Alex: And some tea?"]

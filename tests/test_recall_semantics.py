@@ -107,6 +107,9 @@ def cc_body(
 
 
 def engine(tmp_path: Path | None = None, **settings: Any) -> RecallEngine:
+    """The table's engine: each turn's recall alone in the prompt (``keep_in_history`` leaves
+    out of a new recall what the prompt shows already: tests/test_recall_pins.py)."""
+    settings.setdefault("keep_in_history", False)
     return RecallEngine(
         RecallSettings(**settings),
         StaticSource({CHAT: MEMORIES}),

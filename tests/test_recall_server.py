@@ -78,7 +78,8 @@ def n_tokens(server: EmbeddedServer, text: str) -> int:
 def test_recall_change_costs_the_tail_at_the_end_and_everything_at_the_top(
     clean_server: EmbeddedServer, placement: str, slot: int
 ) -> None:
-    eng = RecallEngine(RecallSettings(), StaticSource({CHAT: MEMORIES}))
+    # each turn's recall alone (kept in history, the first one would stay: tests/test_recall_pins)
+    eng = RecallEngine(RecallSettings(keep_in_history=False), StaticSource({CHAT: MEMORIES}))
 
     def body(turn: int, gen: GenType) -> tuple[dict[str, Any], Any]:
         raw = {"prompt": prompt(turn, placement), "stop": [f"\n{USER}:"], "cache_prompt": True}
