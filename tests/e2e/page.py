@@ -349,3 +349,16 @@ class StPage:
         )
         self.page.click("#ANClose")
         self.page.wait_for_selector("#floatingPrompt", state="hidden")
+
+    @_timed
+    def set_macro_engine(self, experimental: bool) -> None:
+        """User Settings → "Experimental Macro Engine" (1.19's default: on) checked or not."""
+        self.page.click("#user-settings-button .drawer-toggle")
+        self.page.wait_for_selector("#user-settings-block", state="visible")
+        self.page.set_checked("#experimental_macro_engine", experimental)
+        self.page.wait_for_function(
+            "(on) => SillyTavern.getContext().powerUserSettings.experimental_macro_engine === on",
+            arg=experimental,
+        )
+        self.page.click("#user-settings-button .drawer-toggle")
+        self.page.wait_for_selector("#user-settings-block", state="hidden")

@@ -27,7 +27,7 @@ from tests.e2e.tap import Recorded
 
 MACRO = "{{kvtui_memories}}"
 SOLO = sample.SOLO_CHAT_ID
-#: title, content, keyword: one memory per step that should bring it
+#: keyword: content (the title is the keyword): the memories a step's user message names
 MEMORIES = {
     "zeppelin": "A silver zeppelin once crashed beyond the northern ridge.",
     "marzipan": "Seraphina hides marzipan in a hollow oak for her guests.",
@@ -36,6 +36,7 @@ MEMORIES = {
     "harp": "Seraphina's harp was strung with moonlit silver by the dryads.",
     "compass": "Alex's brass compass always points toward the glade.",
     "lantern": "The blue lantern at the gate burns without oil.",
+    "waterwheel": "The mill's waterwheel turns backwards on feast days.",
 }
 
 
@@ -179,6 +180,12 @@ def _session(st: StPage) -> dict[str, Step]:
 
     step("tc_delete", "text", SOLO, delete_regenerate)
     step("tc_after", "text", SOLO, lambda: st.send("Is that the lighthouse on the coast?"))
+    # the same with SillyTavern's older (regex) macro engine: the setting unchecked
+    assert st.page.evaluate("() => SillyTavern.getContext().powerUserSettings"
+                            ".experimental_macro_engine") is True  # fmt: skip
+    st.set_macro_engine(False)
+    step("tc_legacy", "text", SOLO, lambda: st.send("Who built the waterwheel?"))
+    st.set_macro_engine(True)
     # -- Chat Completion, the same chat and note (a system message at depth 0) -----------------
     st.connect_chat_completion()
     step("cc_send", "chat", SOLO, lambda: st.send("What does your harp sound like?"))

@@ -51,13 +51,19 @@ EXPECTED = {
     "tc_edit": ("obsidian", "recomputed"),
     "tc_delete": ("zeppelin", "recomputed"),
     "tc_after": ("lighthouse", "computed"),
+    "tc_legacy": ("waterwheel", "computed"),  # SillyTavern's older macro engine
     "cc_send": ("harp", "computed"),
     "cc_next": ("compass", "computed"),
     "cc_regenerate": ("compass", "reused"),
     "cc_edit": ("lantern", "recomputed"),
 }
 #: (a turn with recall, the next user turn after its reply)
-REFRESHED = [("tc_send", "tc_next"), ("tc_delete", "tc_after"), ("cc_send", "cc_next")]
+REFRESHED = [
+    ("tc_send", "tc_next"),
+    ("tc_delete", "tc_after"),
+    ("tc_after", "tc_legacy"),
+    ("cc_send", "cc_next"),
+]
 PLAIN = ("cc_plain", "tc_plain")
 
 
