@@ -13,6 +13,7 @@ chat afterwards (how it wrote the reply back). Every wait is on a condition.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,7 +223,23 @@ def run_recall_session(stack: Stack) -> RecallRun:
             context.close()
     assert stack.llama is not None and stack.server_tap is not None
     stack.stop_clients()
+    _write_record(stack.workdir / "recall-steps.json", steps)
     return RecallRun(steps, stack.workdir, stack.llama.url, stack.server_tap.snapshot())
+
+
+def _write_record(path: Path, steps: dict[str, Step]) -> None:
+    """Each step as SillyTavern sent it, as kvtui forwarded it, and kvtui's turn (for reading a
+    run: the tail of each prompt, where the note and the reply are)."""
+    rows = {
+        label: {
+            "api": s.api, "chat": s.chat, "recall": s.recall, "cache_n": s.turn.get("cache_n"),
+            "server_timings": s.server.timings, "reply": s.server.reply_text,
+            "sillytavern_tail": s.st_text()[-400:], "forwarded_tail": s.server_text()[-400:],
+            "refresh_tail": _text(s.refresh.body)[-400:] if s.refresh else None,
+        }
+        for label, s in steps.items()
+    }  # fmt: skip
+    path.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
 def recall_stack(workdir: Path) -> Stack:
