@@ -5,14 +5,17 @@ tap ← SillyTavern's server ← its page in headless Chromium. Seraphina's chat
 book and, set in SillyTavern's own Author's Note panel, the note ``{{kvtui_memories}}`` "In-chat
 @ Depth" 0. Text Completion: send, send, swipe, edit + regenerate, delete + regenerate, send; Chat
 Completion: send, send, regenerate, edit + regenerate; then a chat with a book but no note, in
-both APIs. The first tap shows what SillyTavern sent, the second what kvtui forwarded.
+both APIs. One Text Completion turn runs with SillyTavern's older macro engine (its "Experimental
+Macro Engine" setting, on by default in 1.19, unchecked). The first tap shows what SillyTavern
+sent, the second what kvtui forwarded.
 
 Checked: SillyTavern passes the unknown macro through as written, where the note goes; llama-server
 receives the memory the user's message names and never the macro; the decision of each turn in
 ``turns.jsonl`` (computed, reused on swipe/regenerate, recomputed after an edit or a deletion); the
 refresh: the next user turn reuses the previous prompt without its recall plus the reply as
 SillyTavern wrote it back (llama-server's own ``cache_n``, against ``/tokenize`` of the real
-prompts); and without the macro kvtui forwards SillyTavern's bytes with only ``id_slot`` added.
+prompts); and without the macro kvtui forwards SillyTavern's bytes with only its routing keys
+written in front.
 """
 
 from __future__ import annotations
@@ -145,6 +148,10 @@ def test_llama_server_receives_the_memory_never_the_macro(recall_run: RecallRun)
             want = [*step.st.body["messages"][:-1], {"role": "system", "content": memory}]
             assert step.server.body["messages"] == want, label
         assert step.recall["memories"] == 1 and step.recall["chars"] == len(memory), label
+        routing = {"prompt", "messages", "id_slot", "cache_prompt"}
+        rest = {k: v for k, v in step.server.body.items() if k not in routing}
+        assert rest == {k: v for k, v in step.st.body.items() if k not in routing}, label
+        assert step.server.body["cache_prompt"] is True, label
     assert not wrong, "\n".join(wrong) + "\n" + recall_run.where()
 
 
