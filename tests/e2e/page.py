@@ -299,3 +299,66 @@ class StPage:
             " && !document.querySelector('#curEditTextarea')",
             arg=[index, text],
         )
+
+    # -- chat edits and settings -------------------------------------------------------------
+    def messages(self) -> list[dict[str, Any]]:
+        """The chat as SillyTavern holds it: each message's speaker, text and ``is_user``."""
+        result: list[dict[str, Any]] = self.page.evaluate(
+            """() => SillyTavern.getContext().chat.map(
+                 (m) => ({name: m.name, mes: m.mes, is_user: !!m.is_user}))"""
+        )
+        return result
+
+    @_timed
+    def delete_from(self, index: int) -> None:
+        """Options → Delete messages, click message ``index`` (negative: from the end; it and
+        every message after it are selected), Delete."""
+        if index < 0:
+            index += int(self.context()["chatLength"])
+        self._click_option("option_delete_mes")
+        self.page.wait_for_selector("#dialogue_del_mes", state="visible")
+        mes = self.page.locator(f"#chat .mes[mesid='{index}']")
+        mes.locator(".del_checkbox").wait_for(state="visible")
+        mes.click()
+        self.page.wait_for_function(
+            "(i) => document.querySelector(`#chat .mes[mesid='${i}']`).classList"
+            ".contains('selected')",
+            arg=index,
+        )
+        self.page.click("#dialogue_del_mes_ok")
+        self.page.wait_for_function(
+            "(n) => SillyTavern.getContext().chat.length === n"
+            " && document.querySelectorAll('#chat .mes').length === n",
+            arg=index,
+        )
+
+    @_timed
+    def set_authors_note(self, text: str, depth: int = 0) -> None:
+        """Options → Author's Note: this chat's note ``text``, "In-chat @ Depth" ``depth``."""
+        self._click_option("option_toggle_AN")
+        self.page.wait_for_selector("#floatingPrompt", state="visible")
+        if not self.page.is_visible("#extension_floating_prompt"):
+            self.page.click("#ANBlockToggle")
+        self.page.fill("#extension_floating_prompt", text)
+        self.page.check("#extension_floating_position_depth")
+        self.page.fill("#extension_floating_depth", str(depth))
+        self.page.wait_for_function(
+            """([t, d]) => { const m = SillyTavern.getContext().chatMetadata;
+              return m.note_prompt === t && m.note_depth === d && m.note_position === 1; }""",
+            arg=[text, depth],
+        )
+        self.page.click("#ANClose")
+        self.page.wait_for_selector("#floatingPrompt", state="hidden")
+
+    @_timed
+    def set_macro_engine(self, experimental: bool) -> None:
+        """User Settings → "Experimental Macro Engine" (1.19's default: on) checked or not."""
+        self.page.click("#user-settings-button .drawer-toggle")
+        self.page.wait_for_selector("#user-settings-block", state="visible")
+        self.page.set_checked("#experimental_macro_engine", experimental)
+        self.page.wait_for_function(
+            "(on) => SillyTavern.getContext().powerUserSettings.experimental_macro_engine === on",
+            arg=experimental,
+        )
+        self.page.click("#user-settings-button .drawer-toggle")
+        self.page.wait_for_selector("#user-settings-block", state="hidden")

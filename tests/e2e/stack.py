@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,11 @@ class Stack:
     extra_env: dict[str, str] = field(default_factory=dict)
     marks: list[Mark] = field(default_factory=list)
     server_runs: int = 0
+    seed: Callable[[Path], None] | None = None
+    """Called with the seeded user directory before SillyTavern and kvtui start (more data)."""
+    tap_server: bool = False
+    """Also record what kvtui sends llama-server: a second tap between them (``server_tap``)."""
+    server_tap: Tap | None = None
 
     @property
     def data_root(self) -> Path:
@@ -298,6 +304,8 @@ class Stack:
             from kvtui.sillytavern.install import install_extension
 
             install_extension(user_dir)
+        if self.seed is not None:
+            self.seed(user_dir)
         self.st_port = free_port()
         config = self.workdir / "st-config.yaml"
         config.write_text(st_config(self.data_root, self.st_port), encoding="utf-8")
@@ -314,6 +322,9 @@ class Stack:
             log_path=self.workdir / "llama.log",
         ).start()
         upstream = self.llama.url
+        if self.tap_server and self.with_proxy:
+            self.server_tap = Tap(upstream=upstream).start()
+            upstream = self.server_tap.url
         if self.with_proxy:
             self.proxy_port = free_port()
             env = {**os.environ, **self.extra_env}
@@ -345,6 +356,8 @@ class Stack:
         self.stop_clients()
         if self.tap is not None:
             self.tap.stop()
+        if self.server_tap is not None:
+            self.server_tap.stop()
         if self.llama is not None:
             self.llama.stop()
 

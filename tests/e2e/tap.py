@@ -46,6 +46,7 @@ class Recorded:
     status: int | None = None
     timings: dict[str, Any] | None = None
     reply_text: str = ""
+    raw: bytes = b""  # the request body's bytes as received
 
     @property
     def is_generation(self) -> bool:
@@ -131,6 +132,7 @@ class Tap:
                 headers={k: v for k, v in headers.items() if k.startswith("x-kvtui")},
                 body=body,
                 started=time.monotonic(),
+                raw=raw,
             )
             self.records.append(record)
         forward = {k: v for k, v in headers.items() if k not in _HOP}
