@@ -77,7 +77,7 @@ async def test_prewarm_replays_the_prompt_the_next_turn_begins_with(
         plan = plan_prewarm(st119.CHAT_B, service.st_data, service.recorder, service.settings)
         warm = plan.choices[st119.SERA].prompt
         assert warm is not None and MACRO not in warm
-        assert SWORD in warm and TEA not in warm  # the kept recall; this turn's is re-chosen
+        assert SWORD in warm and TEA in warm  # both turns' recall, kept where it was
         plain = plan_prewarm(st119.CHAT_B, service.st_data, service.recorder)
         assert plain.choices[st119.SERA].prompt == tc_prompt(s.messages[:-1])  # as written
         slot = service.resident_slot(st119.CHAT_B, st119.SERA)

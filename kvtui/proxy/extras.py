@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from kvtui.proxy.routing import Routed
 
 log = logging.getLogger("kvtui.proxy")
+_CHAT_TURNS = frozenset({GenType.NORMAL, GenType.REGENERATE, GenType.SWIPE, GenType.CONTINUE})
 
 
 class RouterExtras:
@@ -83,7 +84,7 @@ class RouterExtras:
         self.service.events.error(Kind.ERROR, message)
 
     async def aclose(self) -> None:
-        await self.refresher.drain()
+        await self.refresher.drain(timeout=3.0)
         await self.ledger.aclose()
 
     async def before_forward(
@@ -110,18 +111,24 @@ class RouterExtras:
         for warning in outcome.telemetry.warnings:
             self.service.events.warning(Kind.ROUTE, warning)
         if outcome.fallback is not None:
-            outcome = await self._fitted(outcome, identity)
+            outcome = await self._fitted(outcome, identity, gen_type)
         key = (identity.chat, identity.character)
         self._pending[key] = Pending(key, body, outcome)
         return outcome.body
 
-    async def _fitted(self, outcome: RecallOutcome, identity: Identity) -> RecallOutcome:
-        """``outcome``, or its fallback when the kept recall would overflow the slot."""
+    async def _fitted(
+        self, outcome: RecallOutcome, identity: Identity, gen_type: GenType
+    ) -> RecallOutcome:
+        """``outcome``, or its fallback when the kept recall would overflow the slot (a turn
+        then forgets the kept recall; a quiet or impersonate request changes nothing)."""
         key = (identity.chat, identity.character)
         fit = await prompt_fits(self.service, outcome.body, self._chars_per_token(key))
-        if fit.ok or outcome.fallback is None or self.recall is None:
+        fallback = outcome.fallback
+        if fit.ok or fallback is None or self.recall is None:
             return outcome
-        await asyncio.to_thread(self.recall.drop_pins, identity.chat, identity.character)
+        if gen_type in _CHAT_TURNS:
+            chat, character = key
+            await asyncio.to_thread(self.recall.drop_pins, chat, character, fallback)
         size = f"{fit.tokens:,} tok" if fit.tokens is not None else "a size the server did not tell"
         self.service.events.warning(
             Kind.ROUTE,
@@ -129,7 +136,7 @@ class RouterExtras:
             f"it the prompt ({size}) and the reply ({fit.reply:,}) would not fit the slot's "
             f"{fit.limit:,} tokens.",
         )
-        return outcome.fallback
+        return fallback
 
     def _chars_per_token(self, key: tuple[str, str]) -> float | None:
         """Characters per token of the character's last prompt (its record in the ledger)."""

@@ -7,7 +7,8 @@ with a bound that needs no server (a token is at least one byte of UTF-8), then 
 characters per token of the character's last turn and a margin, and only when neither settles it
 with the server's own tokenizer (a Chat Completion body rendered by its chat template first). A
 request that would not fit is sent without the kept recall
-(:attr:`kvtui.recall.RecallOutcome.fallback`). If the server cannot tell, the answer is no.
+(:attr:`kvtui.recall.RecallOutcome.fallback`). When the tokenizer cannot answer, the answer is
+no; a server that does not report its context (``n_ctx``) cannot be checked against.
 """
 
 from __future__ import annotations

@@ -2,12 +2,13 @@
 injected near the end, the character's slot is given, in the background, the prompt without
 this turn's recall followed by the reply — what the next turn begins with.
 
-It runs once the reply's bookkeeping is done, as a task of its own: the client has its reply
-and the next request is not held up by kvtui. llama-server runs one task per slot at a time,
-so a request for the same slot (or a save, restore or erase of it) waits for the refresh to
-finish, and the refresh never lands in a slot given to another character since: it is sent
-only while the slot is still the character's, and anything later queues behind it. A failure
-is said in the event log and costs nothing but the refresh.
+It runs once the reply's bookkeeping is done, as a task of its own, under the lock kvtui's slot
+operations take (routing, restores, evictions, loads): the refresh is sent only while the slot
+is still the character's, and nothing can give the slot to someone else before it is through.
+The client has its reply; a request that comes meanwhile waits for the refresh (llama-server
+runs one task per slot, and routing waits for the lock), and a swipe of the same turn prefills
+this turn's recall again. A failure is said in the event log and costs nothing but the refresh;
+at shutdown refreshes still running after a few seconds are cancelled.
 """
 
 from __future__ import annotations
@@ -45,20 +46,35 @@ class Refresher:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def drain(self) -> None:
+    async def drain(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a bound
+        """Wait for the refreshes under way; after ``timeout`` seconds cancel the rest (a
+        refresh is only ever an optimisation: closing its connection stops it)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+                return
+            await asyncio.wait(set(self._tasks), timeout=left)
 
     async def _run(self, chat: str, character: str, slot: int, plan: Refresh) -> None:
         service = self.service
-        if service.resident_slot(chat, character) != slot:
-            return  # routed elsewhere since: that slot's cache is someone else's
+        key = (chat, character)
+        expected = self.turns.last_sent(key)
         try:
             if plan.prompt is not None:
                 prompt = plan.prompt
             else:
                 prompt = await service.render_chat(plan.messages or [])
-            result = await service.complete(prompt, slot=slot, n_predict=1)
+            # Under the lock slot operations take: no restore, eviction or load of this slot
+            # can come between the check that it is still the character's and the refresh.
+            async with service.job_gate():
+                if service.resident_slot(chat, character) != slot:
+                    return  # routed elsewhere since: that slot's cache is someone else's
+                result = await service.complete(prompt, slot=slot, n_predict=1)
         except Exception as err:  # noqa: BLE001 - said; the next turn prefills instead
             service.events.warning(
                 Kind.ROUTE,
@@ -70,7 +86,7 @@ class Refresher:
             plan.prompt if plan.prompt is not None else request_prompt({"messages": plan.messages})
         )
         if written is not None:
-            self.turns.refreshed((chat, character), written)
+            self.turns.refreshed(key, written, expected)
         t = result.timings
         line = (
             f"recall {character}: slot {slot} refreshed in the background without this "

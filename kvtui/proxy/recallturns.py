@@ -91,11 +91,12 @@ class RecallTurns:
         last = self._last.get(key)
         return last.sent if last is not None else None
 
-    def refreshed(self, key: Key, prompt: str) -> None:
-        """The slot was refreshed (:mod:`kvtui.proxy.recallrefresh`): the next turn is compared
-        with ``prompt``, which holds no injection."""
+    def refreshed(self, key: Key, prompt: str, expected: str | None) -> None:
+        """The slot was refreshed (:mod:`kvtui.proxy.recallrefresh`) after the turn whose sent
+        prompt was ``expected``: the next turn is compared with ``prompt``, which holds no
+        injection (unless another turn of the character began meanwhile)."""
         last = self._last.get(key)
-        if last is not None:
+        if last is not None and last.sent == expected:
             self._last[key] = _Sent(last.written, prompt, None)
 
     def report(

@@ -182,7 +182,12 @@ class RecallEngine:
                 plan, out, text, ids, s.keep_budget, self.count_tokens
             )
             as_pin = len(kept) > len(plan.kept)
-            settled = pins.with_pins(body, plan.base, plan.kept) if settled and not as_pin else None
+            if not kept:  # nothing kept (or not one insertion: sent as it is)
+                settled = plain[3]
+            elif settled and not as_pin:
+                settled = pins.with_pins(body, plan.base, plan.kept)
+            else:
+                settled = None
             out = body if kept_body == body else kept_body
             held = self.state.characters.get((chat, character))
             if held is not None and decision is not Decision.TRANSIENT and gen_type in _TURNS:
@@ -211,11 +216,40 @@ class RecallEngine:
         )
         self._save()
         fallback = None
-        if plan is not None and plan.kept and out is not plain[0]:
-            at, after = plain[1], plain[2]
-            alone = replace(telemetry, position=at, chars_after=after)
-            fallback = RecallOutcome(plain[0], alone, values, text, plain[3])
+        if plan is not None and plan.kept and out is not plain[0] and found.has(s.macro):
+            key = (chat, character)
+            fallback = self._alone(body, values, key, view, memories, exclude, telemetry)
         return RecallOutcome(out, telemetry, values, text, settled, fallback)
+
+    def _alone(
+        self,
+        body: dict[str, Any],
+        values: dict[str, str],
+        key: tuple[str, str],
+        view: ChatView,
+        memories: Sequence[Memory],
+        exclude: set[str],
+        telemetry: RecallTelemetry,
+    ) -> RecallOutcome:
+        """This turn's recall as it is without earlier turns' kept recall: chosen from the same
+        round with nothing counted as shown (no state changes)."""
+        s, state = self.settings, self.state.characters.get(key)
+        self._shown = set()
+        sticky, round_no = (state.sticky_before, state.round) if state else ({}, 1)
+        ids, text = self._compute(view, memories, exclude, sticky, round_no)
+        alone = {**values, s.macro: text}
+        replaced = replace_macros(body, alone)
+        placed = replaced.placements.get(s.macro)
+        settled = replace_macros(body, {**values, s.macro: ""}).body if text else None
+        told = replace(
+            telemetry,
+            memory_ids=ids,
+            chars=len(text),
+            position=placed.position if placed else None,
+            chars_after=placed.chars_after if placed else None,
+        )
+        sent = replaced.body if replaced.changed else body
+        return RecallOutcome(sent, told, alone, text, settled)
 
     def note_event(self, chat: str, kind: str, character: str | None = None) -> None:
         """A companion-extension event (``POST /kvtui/v1/event``): an edited or deleted message
@@ -229,14 +263,18 @@ class RecallEngine:
                     value.stale = why + " (reported by the extension)"
             self._save()
 
-    def drop_pins(self, chat: str, character: str) -> None:
-        """Forget the recall kept in a character's prompt (it was sent without it: the
-        :attr:`RecallOutcome.fallback`); the next turns keep their recall afresh."""
+    def drop_pins(self, chat: str, character: str, sent: RecallOutcome | None = None) -> None:
+        """Forget the recall kept in a character's prompt (it was sent without it: ``sent``,
+        the :attr:`RecallOutcome.fallback`, whose recall is then the turn's cached one, so a
+        swipe reuses it); the next turns keep their recall afresh."""
         with self._lock:
             held = self.state.characters.get((chat, character))
-            if held is not None and held.pins:
-                held.pins = ()
-                self._save()
+            if held is None:
+                return
+            held.pins = ()
+            if sent is not None and held.text != sent.text:
+                held.text, held.ids = sent.text, sent.telemetry.memory_ids
+            self._save()
 
     def refresh_longterm(self, chat: str) -> int:
         """Rebuild a chat's long-term block now ("on request"); returns its new batch number."""

@@ -66,6 +66,12 @@ def plan_refresh(outcome: RecallOutcome, reply: str) -> Refresh | None:
     messages = settled.get("messages")
     if not isinstance(messages, list) or not _near_end(outcome.body.get("messages"), outcome.text):
         return None
+    last = messages[-1] if messages else None
+    if isinstance(last, Mapping) and last.get("role") == "assistant":  # a continue
+        content = last.get("content")
+        if not isinstance(content, str):
+            return None
+        return Refresh(messages=[*messages[:-1], {**last, "content": content + raw.rstrip()}])
     return Refresh(messages=[*messages, {"role": "assistant", "content": reply}])
 
 

@@ -16,15 +16,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvtui.memory.contract import Memory as Written
 from kvtui.memory.lorebook import EntrySettings, Lorebook, book_file_name, book_name
 from kvtui.memory.settings import MemorySettings
 from kvtui.sillytavern import sample
-from tests.e2e.page import StPage, launch, wait_until
 from tests.e2e.stack import OLD_SOLO_CHAT_ID, Stack, chromium_path
 from tests.e2e.tap import Recorded
+
+if TYPE_CHECKING:  # the page driver needs playwright: imported where the page is driven
+    from tests.e2e.page import StPage
 
 MACRO = "{{kvtui_memories}}"
 SOLO = sample.SOLO_CHAT_ID
@@ -103,6 +105,7 @@ class RecallRun:
     workdir: Path
     llama_url: str
     server_records: list[Recorded]
+    kept: bool = True  # kvtui's defaults; False: recall_keep_in_history = false
 
     def where(self) -> str:
         return f"(logs in {self.workdir}: proxy.log, sillytavern.log, llama.log)"
@@ -111,8 +114,9 @@ class RecallRun:
 class Recorder:
     """Runs one generation action and collects its ``Step`` once everything it causes is in."""
 
-    def __init__(self, st: StPage) -> None:
+    def __init__(self, st: StPage, *, refreshes: bool) -> None:
         self.st = st
+        self.refreshes = refreshes  # a refresh follows each reply with recall
         self.steps: dict[str, Step] = {}
 
     @property
@@ -124,6 +128,9 @@ class Recorder:
         return [r for r in self.stack.server_tap.snapshot() if is_turn(r)]
 
     def step(self, label: str, api: str, chat: str, act: Any, *, refresh: bool = True) -> Step:
+        refresh = refresh and self.refreshes
+        from tests.e2e.page import wait_until
+
         tap = self.stack.tap
         server_tap = self.stack.server_tap
         assert tap is not None and server_tap is not None
@@ -158,8 +165,8 @@ class Recorder:
         return out
 
 
-def _session(st: StPage) -> dict[str, Step]:
-    rec = Recorder(st)
+def _session(st: StPage, kept: bool) -> dict[str, Step]:
+    rec = Recorder(st, refreshes=not kept)
     step = rec.step
     # -- Text Completion: the note through SillyTavern's own Author's Note panel -------------
     st.connect_text_completion()
@@ -203,10 +210,12 @@ def _session(st: StPage) -> dict[str, Step]:
     return rec.steps
 
 
-def run_recall_session(stack: Stack) -> RecallRun:
+def run_recall_session(stack: Stack, *, kept: bool = True) -> RecallRun:
     """The whole session on a started ``stack`` (SillyTavern and kvtui stop at the end;
     llama-server stays up for the checks' ``/tokenize`` and ``/apply-template``)."""
     from playwright.sync_api import sync_playwright
+
+    from tests.e2e.page import StPage, launch
 
     chromium = chromium_path()
     assert chromium is not None
@@ -215,7 +224,7 @@ def run_recall_session(stack: Stack) -> RecallRun:
         try:
             st = StPage(page, stack)
             st.open()
-            steps = _session(st)
+            steps = _session(st, kept)
         except Exception:
             page.screenshot(path=str(stack.workdir / "failure.png"))
             raise
@@ -224,7 +233,8 @@ def run_recall_session(stack: Stack) -> RecallRun:
     assert stack.llama is not None and stack.server_tap is not None
     stack.stop_clients()
     _write_record(stack.workdir / "recall-steps.json", steps)
-    return RecallRun(steps, stack.workdir, stack.llama.url, stack.server_tap.snapshot())
+    records = stack.server_tap.snapshot()
+    return RecallRun(steps, stack.workdir, stack.llama.url, records, kept)
 
 
 def _write_record(path: Path, steps: dict[str, Step]) -> None:
@@ -242,6 +252,12 @@ def _write_record(path: Path, steps: dict[str, Step]) -> None:
     path.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
-def recall_stack(workdir: Path) -> Stack:
-    """The module's stack: kvtui between two taps, the books seeded."""
+def recall_stack(workdir: Path, *, kept: bool = True) -> Stack:
+    """The module's stack: kvtui between two taps, the books seeded; ``kept``: kvtui's
+    defaults (each turn's recall kept in the prompt), else ``recall_keep_in_history = false``
+    (each turn's recall alone, the slot refreshed after the reply)."""
+    if not kept:
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / "kvtui-config.toml"
+        config.write_text("recall_keep_in_history = false\n", encoding="utf-8")
     return Stack(workdir, seed=seed, tap_server=True)

@@ -70,12 +70,17 @@ REFRESHED = [
 PLAIN = ("cc_plain", "tc_plain")
 
 
-@pytest.fixture(scope="module")
-def recall_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecallRun]:
-    workdir = tmp_path_factory.mktemp("st-recall-e2e")
-    stack = recall_stack(workdir).start()
+@pytest.fixture(scope="module", params=["kept", "refreshed"])
+def recall_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RecallRun]:
+    """The session with kvtui's defaults ("kept": each turn's recall stays in the prompt) and
+    with ``recall_keep_in_history = false`` ("refreshed": the slot refreshed after each reply)."""
+    kept = request.param == "kept"
+    workdir = tmp_path_factory.mktemp(f"st-recall-e2e-{request.param}")
+    stack = recall_stack(workdir, kept=kept).start()
     try:
-        yield run_recall_session(stack)
+        yield run_recall_session(stack, kept=kept)
     finally:
         stack.stop()
         shutil.rmtree(workdir / "profile", ignore_errors=True)
@@ -134,20 +139,36 @@ def test_llama_server_receives_the_memory_never_the_macro(recall_run: RecallRun)
     """What kvtui forwarded is what SillyTavern sent with the macro replaced by the memory the
     user's message names (and nothing else changed); the decision log says one memory."""
     wrong = []
+    shown: dict[str, set[str]] = {}  # per chat: memories earlier turns injected
     for label, (key, _decision) in EXPECTED.items():
         step = recall_run.steps[label]
         memory = MEMORIES[key]
         sent = step.server_text()
+        earlier = shown.setdefault(step.chat, set()) if recall_run.kept else set()
         others = [k for k, text in MEMORIES.items() if k != key and text in sent]
-        if MACRO in sent or memory not in sent or others:
+        if MACRO in sent or memory not in sent or set(others) - earlier:
             wrong.append(f"{label}: macro {MACRO in sent}, {key} {memory in sent}, also {others}")
             continue
+        # kept in history, earlier turns' recall stays where it was: take it out to compare
         if step.api == "text":
-            assert step.server.body["prompt"] == step.st.body["prompt"].replace(MACRO, memory)
+            prompt = str(step.server.body["prompt"])
+            for k in others:
+                prompt = prompt.replace(MEMORIES[k] + "\n", "", 1)
+            assert prompt == step.st.body["prompt"].replace(MACRO, memory), label
+            assert prompt.endswith(f"\n{memory}\n{CHAR}:"), label  # this turn's at the macro
         else:
-            want = [*step.st.body["messages"][:-1], {"role": "system", "content": memory}]
-            assert step.server.body["messages"] == want, label
-        assert step.recall["memories"] == 1 and step.recall["chars"] == len(memory), label
+            texts = {MEMORIES[k] for k in others}
+            messages = [
+                m for m in step.server.body["messages"][:-1]
+                if not (m.get("role") == "system" and m.get("content") in texts)
+            ]  # fmt: skip
+            want = [*step.st.body["messages"][:-1]]
+            assert messages == want and step.server.body["messages"][-1] == {
+                "role": "system", "content": memory
+            }, label  # fmt: skip
+        earlier.add(key)
+        if not recall_run.kept:
+            assert step.recall["memories"] == 1 and step.recall["chars"] == len(memory), label
         routing = {"prompt", "messages", "id_slot", "cache_prompt"}
         rest = {k: v for k, v in step.server.body.items() if k not in routing}
         assert rest == {k: v for k, v in step.st.body.items() if k not in routing}, label
@@ -182,7 +203,9 @@ def test_kvtui_refreshes_after_every_reply_with_recall(recall_run: RecallRun) ->
         owner = max(t.seq for t in turns if t.seq < r.seq)
         after[owner] = after.get(owner, 0) + 1
     got = {s.label: after.get(s.server.seq, 0) for s in recall_run.steps.values()}
-    assert got == {label: int(label in EXPECTED) for label in got}, got
+    # kept in history, this turn's recall stays: nothing to refresh (its budget is far from full)
+    want = 0 if recall_run.kept else 1
+    assert got == {label: want * int(label in EXPECTED) for label in got}, got
 
 
 def _prompt(run: RecallRun, step: Step, *, sent_by: str = "kvtui") -> str:
@@ -201,6 +224,9 @@ def test_the_next_turn_reuses_the_prompt_without_recall_plus_the_reply(
     exactly as kvtui's refresh guessed, so llama-server reuses the previous prompt without its
     recall plus the reply — well beyond where the previous turn's recall began."""
     prev, nxt = recall_run.steps[prev_label], recall_run.steps[next_label]
+    if recall_run.kept:
+        _next_turn_keeps_the_whole_previous_prompt(recall_run, prev, nxt)
+        return
     assert prev.refresh is not None
     refresh = str(prev.refresh.body["prompt"])
     reply = prev.server.reply_text.strip()  # what the model wrote, trimmed
@@ -235,6 +261,26 @@ def test_the_next_turn_reuses_the_prompt_without_recall_plus_the_reply(
     )
     # the refreshed prefix is the previous prompt up to its recall, then the reply
     assert held >= before_recall + _tokens(recall_run, reply, special=False), msg
+    assert logged >= held - SLACK_TOKENS and server >= held - SLACK_TOKENS, msg
+
+
+def _next_turn_keeps_the_whole_previous_prompt(run: RecallRun, prev: Step, nxt: Step) -> None:
+    """Kept in history (the defaults): the next prompt begins with everything the previous
+    one was sent — its recall where it was — then the reply as SillyTavern wrote it back, and
+    llama-server reuses all of it."""
+    reply = prev.server.reply_text.strip()
+    if prev.api == "text":
+        held_text = f"{prev.server.body['prompt']} {reply}"
+    else:
+        held_text = _render(run, [*prev.server.body["messages"], {"role": "assistant",
+                                                                  "content": reply}])  # fmt: skip
+    nxt_prompt = _prompt(run, nxt)
+    assert nxt_prompt.startswith(held_text), "not kept: " + _around(held_text, nxt_prompt)
+    held = _tokens(run, held_text)
+    logged = int(nxt.turn["cache_n"])
+    assert nxt.server.timings is not None
+    server = int(nxt.server.timings["cache_n"])
+    msg = f"cache_n logged {logged}, llama-server {server}, held {held} {run.where()}"
     assert logged >= held - SLACK_TOKENS and server >= held - SLACK_TOKENS, msg
 
 
