@@ -164,3 +164,29 @@ def test_chat_completion_keeps_the_recall_message_where_it_was() -> None:
     third = send_cc(chat, GenType.REGENERATE)
     assert third == [*first, {"role": "assistant", "content": "By the river."},
                      {"role": "user", "content": "And some wine?"}]  # fmt: skip
+
+
+def test_the_fallback_without_kept_recall_shows_every_memory_this_turn_chose() -> None:
+    """Sent without the kept recall (it would not fit the slot), the turn's recall is chosen as
+    if nothing were shown, and it becomes the turn's cached recall once the proxy uses it."""
+    eng = engine(scan_depth=1)
+    chat = ["Alex: Where is my sword?"]
+    send(eng, prompt(chat))
+    chat += ["Seraphina: Yes.", "Alex: And some tea?"]
+    send(eng, prompt(chat))
+    chat += ["Seraphina: Yes.", "Alex: Tea, my sword and the wolves?"]
+    body = {"prompt": prompt(chat), "stop": ["\nAlex:"]}
+    out = eng.apply(body, chat=CHAT, character=CHAR, gen_type=GenType.NORMAL)
+    assert out.text == "Shadow wolves hunt at night."  # the others are kept higher up
+    assert out.fallback is not None
+    alone = str(out.fallback.body["prompt"])
+    for memory in MEMORIES:
+        assert alone.count(memory.content) == 1, memory  # each once, at the macro
+    assert alone.endswith("Shadow wolves hunt at night.\nSeraphina:")
+    assert out.fallback.settled == {
+        **body,
+        "prompt": prompt(chat).replace("{{kvtui_memories}}\n", ""),
+    }
+    eng.drop_pins(CHAT, CHAR, out.fallback)
+    swipe = eng.apply(body, chat=CHAT, character=CHAR, gen_type=GenType.SWIPE)
+    assert swipe.body == out.fallback.body  # the swipe reuses what was sent, with no pins
