@@ -17,6 +17,7 @@ from kvtui.llama import LlamaError, ModelLoading, ServerUnreachable
 from kvtui.llama.models import SlotState
 from kvtui.service.core import ServiceCore
 from kvtui.service.outcomes import ConnectionState, SlotRow, Snapshot
+from kvtui.slots import SlotRecord
 from kvtui.store import StoreError
 
 
@@ -51,6 +52,7 @@ class Monitor:
         slots: list[SlotState] = []
         error: str | None = None
         client = core.client
+        before = core.book.snapshot()  # a record changed while the poll runs is not its to judge
         try:
             if core.props is None or previous is not ConnectionState.CONNECTED:
                 core.adopt_props(await client.props())
@@ -66,7 +68,7 @@ class Monitor:
         if core.state is not previous:
             self._on_state_change(previous, error)
         if slots:
-            self._reconcile(slots)
+            self._reconcile(slots, before)
         snap = self.snapshot(slots, error)
         self._last_poll = (time.monotonic(), snap) if slots else None
         return snap
@@ -81,7 +83,7 @@ class Monitor:
         elif state is ConnectionState.LOADING:
             events.warning(Kind.CONNECTION, "llama-server is loading its model.")
 
-    def _reconcile(self, slots: Sequence[SlotState]) -> None:
+    def _reconcile(self, slots: Sequence[SlotState], polled: Sequence[SlotRecord] = ()) -> None:
         """Notice what the server lost (a restart) and forget it in the book.
 
         A restarted server numbers its tasks from zero again, and a slot that never ran a task
@@ -90,7 +92,10 @@ class Monitor:
         """
         book = self.core.book
         if not self._last_task_ids:
-            self._reconcile_first(slots)
+            # the slots whose record the poll's answer is about (routing may have seated a
+            # character since it began, before its first task shows)
+            same = {r.slot for r in polled if r is book.record(r.slot)} if polled else None
+            self._reconcile_first([s for s in slots if same is None or s.id in same])
         lost = False
         for slot in slots:
             task = slot.id_task

@@ -267,7 +267,9 @@ def test_the_next_turn_reuses_the_prompt_without_recall_plus_the_reply(
 def _next_turn_keeps_the_whole_previous_prompt(run: RecallRun, prev: Step, nxt: Step) -> None:
     """Kept in history (the defaults): the next prompt begins with everything the previous
     one was sent — its recall where it was — then the reply as SillyTavern wrote it back, and
-    llama-server reuses all of it."""
+    llama-server reuses all of the previous prompt, its recall included. (Not necessarily the
+    reply: the slot holds the tokens the model generated, and the tiny model's are not what its
+    tokenizer makes of the same text — so without recall too; the refresh rewrites the reply.)"""
     reply = prev.server.reply_text.strip()
     if prev.api == "text":
         held_text = f"{prev.server.body['prompt']} {reply}"
@@ -276,7 +278,7 @@ def _next_turn_keeps_the_whole_previous_prompt(run: RecallRun, prev: Step, nxt: 
                                                                   "content": reply}])  # fmt: skip
     nxt_prompt = _prompt(run, nxt)
     assert nxt_prompt.startswith(held_text), "not kept: " + _around(held_text, nxt_prompt)
-    held = _tokens(run, held_text)
+    held = _tokens(run, _prompt(run, prev))
     logged = int(nxt.turn["cache_n"])
     assert nxt.server.timings is not None
     server = int(nxt.server.timings["cache_n"])
