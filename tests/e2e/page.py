@@ -52,6 +52,9 @@ _IDLE = """() => {
 }"""
 
 
+_SENT = "() => document.querySelector('#send_textarea').value === ''"
+
+
 def wait_until(check: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
     """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -255,7 +258,16 @@ class StPage:
 
         def act() -> None:
             self.page.fill("#send_textarea", text)
-            self.page.click("#send_but")
+            # SillyTavern ignores Send while it still finishes the last reply (seen once in a
+            # few runs: the text stays in the box); it empties the box when it takes the text
+            for _attempt in range(3):
+                self.page.click("#send_but")
+                try:
+                    self.page.wait_for_function(_SENT, timeout=10_000)
+                    return
+                except PlaywrightTimeout:
+                    continue
+            raise AssertionError(f"SillyTavern did not take the message {text!r}")
 
         self._generate(act, replies)
 
