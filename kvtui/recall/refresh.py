@@ -39,14 +39,6 @@ class Refresh:
     prompt: str | None = None
     messages: list[Any] | None = None
 
-    @property
-    def chars(self) -> int:
-        if self.prompt is not None:
-            return len(self.prompt)
-        return sum(
-            len(str(m.get("content", ""))) for m in self.messages or () if isinstance(m, Mapping)
-        )
-
 
 def plan_refresh(outcome: RecallOutcome, reply: str) -> Refresh | None:
     """The refresh after ``reply`` to the request recall turned into ``outcome`` (``None``:
