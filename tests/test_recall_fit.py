@@ -107,3 +107,41 @@ async def test_the_last_turns_characters_per_token_settle_most_requests_unasked(
         assert counted.tokens is not None and counted.ok == (counted.tokens + 8 <= limit)
         tight = await prompt_fits(service, body, chars_per_token=2.0)  # the estimate is near
         assert tight.tokens is not None  # the limit: the tokenizer decides
+
+
+async def test_after_a_fallback_nothing_is_kept_until_there_is_room(
+    clean_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """No warning every other turn on a full context: after one fallback the character's turns
+    keep no recall (each is refreshed instead) until a prompt has room for the keep budget."""
+    async with scene(
+        clean_server, tmp_path, recall_keep_in_history=True, recall_keep_budget=40
+    ) as s:
+        service = s.h.service
+
+        async def turn(text: str, tight: bool) -> str:
+            s.messages.append((USER, text))
+            s.save_chat()
+            written = tc_prompt(s.messages)
+            body = st119.tc_body(written, [f"\n{USER}:"])
+            n = len(await service.tokenize(written, add_special=True))
+            limit = service.snapshot().n_ctx or 0
+            reply = limit - n - 25 if tight else 8  # 25: room for this turn's recall alone
+            body.update(n_predict=reply, max_tokens=reply, max_new_tokens=reply)
+            sent = text_of(await s._send("/completion", body))
+            s.reply()
+            return sent
+
+        def said(what: str) -> int:
+            return sum(what in e.message for e in service.events.recent() if e.kind is Kind.ROUTE)
+
+        await turn("Will you lend me your sword for the road?", tight=False)
+        sent = await turn("Could I have a cup of tea before we go?", tight=True)
+        assert SWORD not in sent and said("left out of the prompt") == 1
+        sent = await turn("And the sword again?", tight=True)
+        assert sent.count(SWORD) == 1 and said("left out of the prompt") == 1  # kept nothing
+        assert said("refreshed in the background") >= 1  # the reply is refreshed instead
+        await turn("Tea once more?", tight=False)
+        assert said("room again to keep recall") == 1
+        sent = await turn("And the sword?", tight=False)
+        assert TEA in sent  # the last turn's recall was kept again

@@ -62,6 +62,7 @@ class RouterExtras:
         self.refresher = Refresher(service, self.turns)
         self._pending: dict[tuple[str, str], Pending] = {}  # recall's, until the turn begins
         self._begun: dict[tuple[str, str], RecallOutcome] = {}  # recall's, until the reply
+        self._tight: set[tuple[str, str]] = set()  # no room to keep recall in their prompts
         self.recall: RecallEngine | None = None
         try:
             self.recall = build_engine(settings, service.st_data)
@@ -96,9 +97,11 @@ class RouterExtras:
         client: object,
     ) -> dict[str, Any]:
         """The body with recall macros replaced (unchanged without them)."""
-        self._pending.pop((identity.chat, identity.character), None)  # one never booked
+        key = (identity.chat, identity.character)
+        self._pending.pop(key, None)  # one never booked
         if self.recall is None or not self._has_macro(body):
             return body  # nearly every request: no thread hop, no book read
+        tight = key in self._tight
         outcome = await inject(
             self.recall,
             body,
@@ -107,12 +110,17 @@ class RouterExtras:
             gen_type=gen_type,
             user_name=user,
             client=client if isinstance(client, Mapping) else None,
+            keep=not tight,
         )
         for warning in outcome.telemetry.warnings:
             self.service.events.warning(Kind.ROUTE, warning)
         if outcome.fallback is not None:
             outcome = await self._fitted(outcome, identity, gen_type)
-        key = (identity.chat, identity.character)
+        elif tight and gen_type in _CHAT_TURNS and await self._roomy(outcome.body, key):
+            self._tight.discard(key)
+            self.service.events.info(
+                Kind.ROUTE, f"recall {identity.character}: room again to keep recall in history."
+            )
         self._pending[key] = Pending(key, body, outcome)
         return outcome.body
 
@@ -129,14 +137,21 @@ class RouterExtras:
         if gen_type in _CHAT_TURNS:
             chat, character = key
             await asyncio.to_thread(self.recall.drop_pins, chat, character, fallback)
+            self._tight.add(key)  # until a prompt has room for the kept recall again
         size = f"{fit.tokens:,} tok" if fit.tokens is not None else "a size the server did not tell"
         self.service.events.warning(
             Kind.ROUTE,
             f"recall {identity.character}: earlier turns' recall left out of the prompt: with "
             f"it the prompt ({size}) and the reply ({fit.reply:,}) would not fit the slot's "
-            f"{fit.limit:,} tokens.",
+            f"{fit.limit:,} tokens; none is kept until there is room again.",
         )
         return fallback
+
+    async def _roomy(self, body: Mapping[str, Any], key: tuple[str, str]) -> bool:
+        """Whether ``body`` would fit its slot with the whole keep budget on top."""
+        spare = self.recall.settings.keep_budget if self.recall is not None else 0
+        fit = await prompt_fits(self.service, body, self._chars_per_token(key), spare=spare)
+        return fit.ok and fit.limit is not None
 
     def _chars_per_token(self, key: tuple[str, str]) -> float | None:
         """Characters per token of the character's last prompt (its record in the ledger)."""

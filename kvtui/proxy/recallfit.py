@@ -44,12 +44,17 @@ def reply_tokens(body: Mapping[str, Any]) -> int:
 
 
 async def prompt_fits(
-    service: KvService, body: Mapping[str, Any], chars_per_token: float | None = None
+    service: KvService,
+    body: Mapping[str, Any],
+    chars_per_token: float | None = None,
+    *,
+    spare: int = 0,
 ) -> Fit:
-    """Whether ``body`` and its reply fit one slot. ``chars_per_token``: measured on the
-    character's last turn; an estimate from it with a margin settles most requests unasked."""
+    """Whether ``body`` and its reply (and ``spare`` tokens more) fit one slot.
+    ``chars_per_token``: measured on the character's last turn; an estimate from it with a
+    margin settles most requests unasked."""
     limit = service.snapshot().n_ctx
-    reply = reply_tokens(body)
+    reply = reply_tokens(body) + spare
     if not limit:
         return Fit(True, reply=reply)  # the server did not say: nothing to check against
     prompt, messages = body.get("prompt"), body.get("messages")

@@ -92,13 +92,12 @@ class RecallEngine:
         user_name: str | None = None,
         names: Sequence[str] = (),
         client: Mapping[str, Any] | None = None,
+        keep: bool = True,
     ) -> RecallOutcome:
         """Replace the recall macros of ``body`` (a generation request without its ``kvtui``
-        object, which is passed as ``client``). Never raises on bad input or a bad book.
-
-        It reads the memory book and may write the state file: call it off the event loop
-        (``asyncio.to_thread``). ``body`` is never modified.
-        """
+        object, which is passed as ``client``; ``keep=False``: no recall kept in history this
+        time). Never raises on bad input or a bad book. It reads the memory book and may write
+        the state file: call it off the event loop. ``body`` is never modified."""
         with self._lock:
             return self._apply(
                 body,
@@ -108,6 +107,7 @@ class RecallEngine:
                 user_name=user_name,
                 names=names,
                 client=client,
+                keep=keep,
             )
 
     def _apply(
@@ -120,6 +120,7 @@ class RecallEngine:
         user_name: str | None,
         names: Sequence[str],
         client: Mapping[str, Any] | None,
+        keep: bool,
     ) -> RecallOutcome:
         s = self.settings
         if not s.enabled:
@@ -153,7 +154,7 @@ class RecallEngine:
             values[s.longterm_macro] = longterm.text
         exclude = set(longterm.ids) if longterm is not None and s.exclude_longterm else set()
         plan = None
-        if s.keep_in_history and found.has(s.macro):
+        if s.keep_in_history and keep and found.has(s.macro):
             held = self.state.characters.get((chat, character))
             pinned = held.pins if held is not None else ()
             plan = pins.plan(body, values, s.macro, pinned, s.keep_budget, self.count_tokens)

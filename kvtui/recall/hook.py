@@ -49,6 +49,7 @@ async def inject(
     user_name: str | None = None,
     names: Sequence[str] = (),
     client: Mapping[str, Any] | None = None,
+    keep: bool = True,
 ) -> RecallOutcome:
     """:meth:`RecallEngine.apply` in a worker thread; ``body`` unchanged if recall fails."""
     try:
@@ -61,6 +62,7 @@ async def inject(
             user_name=user_name,
             names=names,
             client=client,
+            keep=keep,
         )
     except Exception as err:  # noqa: BLE001 - recall must never block a generation
         failed = RecallTelemetry("error", warnings=(f"Recall failed, request sent as is: {err!r}",))
