@@ -28,7 +28,7 @@ from kvtui.proxy.recallturns import Pending, RecallTurns
 from kvtui.recall import RecallEngine, RecallOutcome, RecallSettings
 from kvtui.recall.hook import build_engine, inject
 from kvtui.service import KvService, RouteDecision, SaveOutcome
-from kvtui.slots import GenType
+from kvtui.slots import CHAT_TURNS, GenType
 from kvtui.warmth import TurnTicket, WarmthLedger, WarmthPolicy
 from kvtui.warmth.bridge import begin_routed, saved_chars_reader
 from kvtui.warmth.gate import WarmthGate
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from kvtui.proxy.routing import Routed
 
 log = logging.getLogger("kvtui.proxy")
-_CHAT_TURNS = frozenset({GenType.NORMAL, GenType.REGENERATE, GenType.SWIPE, GenType.CONTINUE})
 
 
 class RouterExtras:
@@ -116,7 +115,7 @@ class RouterExtras:
             self.service.events.warning(Kind.ROUTE, warning)
         if outcome.fallback is not None:
             outcome = await self._fitted(outcome, identity, gen_type)
-        elif tight and gen_type in _CHAT_TURNS and await self._roomy(outcome.body, key):
+        elif tight and gen_type in CHAT_TURNS and await self._roomy(outcome.body, key):
             self._tight.discard(key)
             self.service.events.info(
                 Kind.ROUTE, f"recall {identity.character}: room again to keep recall in history."
@@ -134,7 +133,7 @@ class RouterExtras:
         fallback = outcome.fallback
         if fit.ok or fallback is None or self.recall is None:
             return outcome
-        if gen_type in _CHAT_TURNS:
+        if gen_type in CHAT_TURNS:
             chat, character = key
             await asyncio.to_thread(self.recall.drop_pins, chat, character, fallback)
             self._tight.add(key)  # until a prompt has room for the kept recall again

@@ -36,12 +36,11 @@ from kvtui.proxy.observer import ReplyObserver
 from kvtui.proxy.relay import RelayOutcome
 from kvtui.service import KvService, RouteDecision, SaveOutcome
 from kvtui.sillytavern.templates import ControlPrompts
-from kvtui.slots import GenType
+from kvtui.slots import CHAT_TURNS, GenType
 from kvtui.warmth import TurnTicket
 
 POLL_MAX_AGE = 0.25
 """Seconds a ``/slots`` poll is reused for routing without other evidence of the same server."""
-_CHAT_TURNS = frozenset({GenType.NORMAL, GenType.REGENERATE, GenType.SWIPE, GenType.CONTINUE})
 
 
 @dataclass
@@ -228,7 +227,7 @@ class GenerationRouter:
         if slot is not None:
             forwarded["id_slot"] = slot
             forwarded["cache_prompt"] = True
-        if prompt is not None and gen_type in _CHAT_TURNS and identity.sure:
+        if prompt is not None and gen_type in CHAT_TURNS and identity.sure:
             # Recorded as the client sent it: prewarm picks its own slot.
             request = {k: v for k, v in forwarded.items() if k != "id_slot"}
             service.record_prompt(identity.chat, identity.character, prompt, request)

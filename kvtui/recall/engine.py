@@ -54,9 +54,7 @@ from kvtui.recall.select import (
 )
 from kvtui.recall.settings import RecallSettings
 from kvtui.recall.state import CharacterRecall, LongTerm, load_state
-from kvtui.slots import GenType
-
-_TURNS = frozenset({GenType.NORMAL, GenType.SWIPE, GenType.REGENERATE, GenType.CONTINUE})
+from kvtui.slots import CHAT_TURNS, GenType
 
 
 class RecallEngine:
@@ -166,7 +164,7 @@ class RecallEngine:
             decision, reason, ids, text = self._recall(
                 chat, character, gen_type, view, memories, exclude
             )
-            if gen_type not in _TURNS and ids and set(ids) <= self._shown:
+            if gen_type not in CHAT_TURNS and ids and set(ids) <= self._shown:
                 ids, text = (), ""  # an impersonation after the turn: the prompt shows it all
             values[s.macro] = text
         replaced = replace_macros(body, values)
@@ -175,7 +173,7 @@ class RecallEngine:
         position = placed[s.macro].position if s.macro in placed else None
         chars_after = placed[s.macro].chars_after if s.macro in placed else None
         settled = None
-        if text and decision not in (None, Decision.TRANSIENT) and gen_type in _TURNS:
+        if text and decision not in (None, Decision.TRANSIENT) and gen_type in CHAT_TURNS:
             settled = replace_macros(body, {**values, s.macro: ""}).body
         plain = (out, position, chars_after, settled)
         if plan is not None:
@@ -191,7 +189,7 @@ class RecallEngine:
                 settled = None
             out = body if kept_body == body else kept_body
             held = self.state.characters.get((chat, character))
-            if held is not None and decision is not Decision.TRANSIENT and gen_type in _TURNS:
+            if held is not None and decision is not Decision.TRANSIENT and gen_type in CHAT_TURNS:
                 held.pins = kept
             prompt = out.get("prompt")
             chars_after = None

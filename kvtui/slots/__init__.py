@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kvtui.slots.book import BOOK_VERSION, SlotBook
 from kvtui.slots.records import (
+    CHAT_TURNS,
     Allocation,
     AllSlotsProtected,
     GenType,
@@ -14,6 +15,7 @@ from kvtui.slots.records import (
 
 __all__ = [
     "BOOK_VERSION",
+    "CHAT_TURNS",
     "AllSlotsProtected",
     "Allocation",
     "GenType",

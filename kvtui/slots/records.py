@@ -25,6 +25,10 @@ class GenType(StrEnum):
     IMPERSONATE = "impersonate"
 
 
+CHAT_TURNS = frozenset({GenType.NORMAL, GenType.REGENERATE, GenType.SWIPE, GenType.CONTINUE})
+"""The generation types that are a turn of the chat (not a quiet job or an impersonation)."""
+
+
 class SlotBookError(KvtuiError):
     """A request the book cannot satisfy."""
 
